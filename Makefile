@@ -1,0 +1,27 @@
+# Two commands on a fresh machine: `make demo` and `make test`; both run `make setup` first (idempotent).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU machines take the CPU build where a local wheel or index offers it; GPU machines get PyPI's CUDA build.
+TORCH ?= torch==2.13.0
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup test demo clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest -q -ra
+
+demo: setup
+	$(BIN)/exatrack quantize --model tiny --recipe w8a8 --calib sample
+
+clean:
+	rm -rf mlflow.db mlruns/[0-9]* mlruns/models submit.zip

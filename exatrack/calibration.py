@@ -1,0 +1,100 @@
+"""Calibration and held-out text: chat data rendered with the model's own chat template.
+
+Sources: a hub dataset id (default MANTA-1M, the data the challenge team calibrated on), a local
+jsonl/json/parquet file, or `sample` (the bundled, project-written corpus, for offline runs).
+Each record has a `text` field, or a `conversations`/`messages` list of turns.
+"""
+
+import json
+import random
+from pathlib import Path
+
+from exatrack import DATA_DIR, ExatrackError
+
+MANTA = "LGAI-EXAONE/MANTA-1M"
+SAMPLE = DATA_DIR / "corpus.jsonl"
+HELDOUT = DATA_DIR / "heldout.jsonl"
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+def default_source(model_ref: str) -> str:
+    """The tiny model was trained on the bundled corpus, so it calibrates on it; real models on MANTA."""
+    return "sample" if model_ref == "tiny" else MANTA
+
+
+def load_records(source: str, limit: int, seed: int = 0) -> list[dict]:
+    """`limit` records chosen by a seeded shuffle (hub data is streamed: it is large)."""
+    path = Path(str(SAMPLE) if source == "sample" else source).expanduser()
+    if path.suffix in (".jsonl", ".json", ".parquet"):
+        records = read_file(path)
+        random.Random(seed).shuffle(records)
+        records = records[:limit]
+    else:
+        records = from_hub(source, limit, seed)
+    if not records:
+        raise ExatrackError(f"calibration source '{source}' holds no records; pass a file with at least one row")
+    return records
+
+
+def read_file(path: Path) -> list[dict]:
+    if not path.exists():
+        raise ExatrackError(f"calibration file {path} does not exist; pass calib=sample, a hub id or an existing file")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet
+
+        return pyarrow.parquet.read_table(path).to_pylist()
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        return json.loads(text)
+    try:
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as err:
+        raise ExatrackError(f"{path} line {err.lineno} is not valid JSON; write one JSON object per line")
+
+
+def from_hub(source: str, limit: int, seed: int) -> list[dict]:
+    import datasets
+
+    try:
+        stream = datasets.load_dataset(source, split="train", streaming=True)
+        return list(stream.shuffle(seed=seed, buffer_size=10 * limit).take(limit))
+    except Exception as err:
+        raise ExatrackError(
+            f"cannot load calibration dataset '{source}' from the hub ({type(err).__name__}); "
+            "check the id and HF_TOKEN, or pass calib=sample or a local jsonl/parquet file"
+        )
+
+
+def to_text(record: dict, tokenizer, source: str) -> str:
+    if isinstance(record.get("text"), str):
+        return record["text"]
+    turns = record.get("conversations") or record.get("messages")
+    if not turns:
+        raise ExatrackError(
+            f"calibration source '{source}' has a record without a 'text' or 'conversations' field "
+            f"(fields: {', '.join(record)}); add one of them"
+        )
+    messages = [
+        {"role": ROLES.get(t.get("role", t.get("from")), "user"), "content": t.get("content", t.get("value", ""))}
+        for t in turns
+    ]
+    return tokenizer.apply_chat_template(messages, tokenize=False)
+
+
+def texts(source: str, tokenizer, limit: int, seed: int = 0) -> list[str]:
+    return [to_text(r, tokenizer, source) for r in load_records(source, limit, seed)]
+
+
+def tokenized_dataset(source: str, tokenizer, num_samples: int, max_seq_len: int, seed: int):
+    """The form llmcompressor's oneshot takes: input_ids and attention_mask, truncated, no padding."""
+    import datasets
+
+    encoded = tokenizer(
+        texts(source, tokenizer, num_samples, seed), truncation=True, max_length=max_seq_len, add_special_tokens=False
+    )
+    return datasets.Dataset.from_dict(dict(encoded))
+
+
+def heldout_texts(tokenizer) -> list[str]:
+    """Fixed text for the quality proxy, the same for every run so that runs compare."""
+    return texts(str(HELDOUT), tokenizer, limit=10_000)

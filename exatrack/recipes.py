@@ -1,0 +1,139 @@
+"""Compression recipes are data: a YAML file per recipe under recipes/, holding an llmcompressor recipe
+with ${name} placeholders and the parameters that fill them (defaults, ranges, choices).
+
+Rendering substitutes typed values (a float stays a float, a list a list), so the recipe logged to
+MLflow is exactly what llmcompressor ran.
+"""
+
+import operator
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from exatrack import ExatrackError
+
+PROJECT_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+PLACEHOLDER = re.compile(r"^\$\{(\w+)\}$")
+BOUND = {"gt": operator.gt, "lt": operator.lt, "ge": operator.ge}
+SYMBOL = {"gt": ">", "lt": "<", "ge": ">="}
+
+# Parameters of every calibrated recipe; they steer the calibration data, not the recipe body.
+CALIBRATION_PARAMS = {
+    "num_samples": {"default": 512, "ge": 1, "help": "calibration samples"},
+    "max_seq_len": {"default": 2048, "ge": 16, "help": "tokens per calibration sample"},
+    "seed": {"default": 0, "help": "seed for choosing calibration samples"},
+}
+
+
+@dataclass
+class Recipe:
+    name: str
+    path: Path
+    description: str
+    calibrate: bool
+    params: dict
+    body: dict
+
+    def resolve_params(self, given: dict) -> dict:
+        """Recipe defaults overlaid with the user's values, each checked; None means 'use the default'.
+
+        Calibration values are accepted by every recipe (entry points always pass them) and dropped by
+        data-free ones.
+        """
+        specs = {**self.params, **(CALIBRATION_PARAMS if self.calibrate else {})}
+        unknown = sorted(k for k, v in given.items() if v is not None and k not in specs and k not in CALIBRATION_PARAMS)
+        if unknown:
+            raise ExatrackError(
+                f"recipe '{self.name}' has no parameter {', '.join(unknown)}; "
+                f"its parameters are: {', '.join(specs) or 'none'} (see `exatrack recipes`)"
+            )
+        return {k: check_param(k, spec, given.get(k)) for k, spec in specs.items()}
+
+    def render(self, values: dict) -> dict:
+        return substitute(self.body, values)
+
+
+def check_param(name: str, spec: dict, value):
+    default = spec.get("default")
+    if value is None:
+        return default
+    if isinstance(default, list) and isinstance(value, str):
+        value = [item.strip() for item in value.split(",") if item.strip()]
+    elif isinstance(default, bool):
+        value = str(value).lower() in ("1", "true", "yes")
+    elif isinstance(default, (int, float)):
+        try:
+            value = type(default)(value)
+        except (TypeError, ValueError):
+            raise ExatrackError(f"{name}={value!r} is not a {type(default).__name__}; pass e.g. {name}={default}")
+    limits = [(SYMBOL[k], bound) for k, bound in spec.items() if k in BOUND]
+    if not all(BOUND[k](value, spec[k]) for k in spec if k in BOUND):
+        allowed = " and ".join(f"{symbol} {bound}" for symbol, bound in limits)
+        raise ExatrackError(f"{name}={value} is out of range: {spec.get('help', name)} must be {allowed}, e.g. {default}")
+    if "choices" in spec and value not in spec["choices"]:
+        raise ExatrackError(f"{name}={value!r} is not one of {spec['choices']}")
+    return value
+
+
+def substitute(node, values: dict):
+    if isinstance(node, dict):
+        return {k: substitute(v, values) for k, v in node.items()}
+    if isinstance(node, list):
+        return [substitute(v, values) for v in node]
+    if isinstance(node, str) and (match := PLACEHOLDER.match(node)):
+        return values[match.group(1)]
+    return node
+
+
+def recipe_dirs() -> list[Path]:
+    return [Path.cwd() / "recipes", PROJECT_RECIPES]
+
+
+def available() -> dict[str, Path]:
+    found = {}
+    for folder in reversed(recipe_dirs()):
+        found.update({p.stem: p for p in sorted(folder.glob("*.yaml")) if p.stem != "lanes"})
+    return dict(sorted(found.items()))
+
+
+def load(name_or_path: str) -> Recipe:
+    path = Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") and path.exists()):
+        known = available()
+        if name_or_path not in known:
+            raise ExatrackError(
+                f"unknown recipe '{name_or_path}'; choose one of {', '.join(known)} or pass a path to a recipe YAML file"
+            )
+        path = known[name_or_path]
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" line {where.line + 1}" if where else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ExatrackError(f"recipe file {path}{line} is not valid YAML ({problem}); fix the file and run again")
+    if not isinstance(data, dict) or not isinstance(data.get("recipe"), dict):
+        raise ExatrackError(f"recipe file {path} needs a 'recipe:' mapping holding an llmcompressor recipe")
+    params = data.get("params") or {}
+    missing = sorted(set(placeholders(data["recipe"])) - set(params) - set(CALIBRATION_PARAMS))
+    if missing:
+        raise ExatrackError(f"recipe file {path} uses ${{{missing[0]}}} but declares no such entry under 'params:'")
+    return Recipe(
+        name=path.stem,
+        path=path,
+        description=data.get("description", ""),
+        calibrate=bool(data.get("calibrate", True)),
+        params=params,
+        body=data["recipe"],
+    )
+
+
+def placeholders(node) -> list[str]:
+    if isinstance(node, dict):
+        return [p for v in node.values() for p in placeholders(v)]
+    if isinstance(node, list):
+        return [p for v in node for p in placeholders(v)]
+    match = PLACEHOLDER.match(node) if isinstance(node, str) else None
+    return [match.group(1)] if match else []

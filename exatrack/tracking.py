@@ -1,0 +1,79 @@
+"""How exatrack talks to MLflow: which store, which experiment, which run, and the tags every run gets.
+
+The store is MLflow's own default (sqlite:///mlflow.db plus ./mlruns in the working folder), so
+`mlflow run`, `mlflow ui` and this package see the same runs with no set-up; MLFLOW_TRACKING_URI
+points all of them at a team server instead.
+"""
+
+import os
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+
+EXPERIMENT = "exatrack"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Environment variables whose values must never reach a param, tag, artifact or log line.
+SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "EXATRACK_JUDGE_API_KEY", "OPENAI_API_KEY")
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def use_experiment():
+    """Runs launched by `mlflow run` already carry their experiment; everything else goes to 'exatrack'."""
+    import mlflow
+
+    if not (os.environ.get("MLFLOW_EXPERIMENT_ID") or os.environ.get("MLFLOW_RUN_ID")):
+        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT))
+
+
+@contextmanager
+def run(kind: str, run_id: str | None = None, run_name: str | None = None, parent_run_id: str | None = None):
+    """Start (or resume) a run; any exception marks it FAILED with the error kept as a tag."""
+    import mlflow
+
+    use_experiment()
+    tags = {"exatrack.kind": kind} if run_id is None else {}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    if commit := git_commit():
+        tags["mlflow.source.git.commit"] = commit
+    with mlflow.start_run(run_id=run_id, run_name=run_name, tags=tags or None) as active:
+        try:
+            yield active
+        except BaseException as err:
+            mlflow.set_tag("exatrack.error", redact(str(getattr(err, "message", err)))[:5000])
+            raise
+
+
+def redact(text: str) -> str:
+    for name in SECRET_ENV:
+        if secret := os.environ.get(name):
+            text = text.replace(secret, "***")
+    return text
+
+
+def log_new_params(params: dict) -> None:
+    """Log the effective values of the parameters the run does not hold yet.
+
+    A run launched by `mlflow run` already holds the entry point's parameters as the user gave them
+    (an empty default shows as ''); MLflow forbids changing a param, and the logged recipe artifact
+    records the effective values in any case.
+    """
+    import mlflow
+
+    held = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    mlflow.log_params({k: v for k, v in params.items() if k not in held})
+
+
+def log_folder(folder: Path, artifact_path: str) -> str:
+    """Log a folder and return its artifact URI (the `runs:/` form other commands take)."""
+    import mlflow
+
+    mlflow.log_artifacts(str(folder), artifact_path)
+    return f"runs:/{mlflow.active_run().info.run_id}/{artifact_path}"

@@ -1,0 +1,74 @@
+"""The command line: bad input ends in one clear line and a FAILED run; MLproject mirrors the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import click
+import mlflow
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from exatrack.cli import main
+from tests.conftest import REPO
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def last_run():
+    return mlflow.search_runs(search_all_experiments=True, output_format="list", max_results=1)[0]
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--model", "/no/such/folder"], "no model at '/no/such/folder'"),
+        (["--model", "tiny", "--recipe", "w3a3"], "unknown recipe 'w3a3'"),
+        (["--model", "tiny", "--damp", "1.5"], "damp=1.5 is out of range"),
+        (["--model", "tiny", "--calib", "EMPTY"], "holds no records"),
+        (["--model", "tiny", "--calib", "NOFIELD"], "without a 'text' or 'conversations' field"),
+        (["--model", "tiny", "--recipe", "BROKEN"], "is not valid YAML"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_a_failed_run(args, says, tmp_path, tiny_model):
+    empty, nofield, broken = tmp_path / "empty.jsonl", tmp_path / "nofield.jsonl", tmp_path / "broken.yaml"
+    empty.write_text("")
+    nofield.write_text(json.dumps({"prompt": "hi"}) + "\n")
+    broken.write_text("recipe: [unclosed\n")
+    paths = {"EMPTY": str(empty), "NOFIELD": str(nofield), "BROKEN": str(broken)}
+    result = invoke("quantize", *[paths.get(a, a) for a in args])
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert [line for line in lines if line.startswith("Error")] == [lines[-1]], result.output
+    assert says in lines[-1] and "Traceback" not in result.output
+    run = last_run()
+    assert run.info.status == "FAILED" and says in run.data.tags["exatrack.error"]
+
+
+def test_mlproject_entry_points_mirror_cli_commands_one_to_one():
+    project = yaml.safe_load((REPO / "MLproject").read_text())
+    for name, entry in project["entry_points"].items():
+        command = main.commands[name]
+        options = {p.name for p in command.params if isinstance(p, click.Option)}
+        assert set(entry["parameters"]) == options, name
+        assert entry["command"].startswith(f"exatrack {name} ")
+        for param in entry["parameters"]:
+            assert f"--{param} {{{param}}}" in " ".join(entry["command"].split()), (name, param)
+
+
+def test_mlflow_run_quantize_entry_point(tiny_model, tmp_path):
+    """The headline: `mlflow run . -e quantize -P model=tiny -P damp=0.02 --env-manager local`."""
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    cmd = ["mlflow", "run", str(REPO), "-e", "quantize", "-P", "model=tiny", "-P", "damp=0.02", "--env-manager", "local"]
+    done = subprocess.run(cmd, cwd=os.getcwd(), env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = last_run()
+    assert run.info.status == "FINISHED" and run.data.params["damp"] == "0.02"
+    assert "dampening_frac: 0.02" in mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/recipe.yaml")
+    config = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/checkpoint/config.json"))
+    assert config["quantization_config"]["quant_method"] == "compressed-tensors"
+    assert config["quantization_config"]["format"] == "int-quantized"

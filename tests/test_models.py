@@ -1,0 +1,69 @@
+import json
+
+import mlflow
+import pytest
+
+from exatrack import ExatrackError, models
+from exatrack.tiny import ARCH
+
+
+def test_tiny_is_a_small_exaone4_with_the_real_chat_format(tiny_model):
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(tiny_model)
+    assert config.model_type == "exaone4" and config.tie_word_embeddings
+    assert config.layer_types == ["full_attention"] * ARCH["num_hidden_layers"]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "안녕"}], tokenize=False, add_generation_prompt=True)
+    assert prompt == "[|user|]\n안녕[|endofturn|]\n[|assistant|]\n<think>\n\n</think>\n\n"
+    assert tokenizer.decode(tokenizer("한국어 text").input_ids) == "한국어 text"
+
+
+def test_tiny_next_token_distributions_are_far_from_uniform(tiny_model):
+    """An untrained model's near-uniform distributions would hide any quantization error."""
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    ids = tokenizer("대한민국의 수도는 서울입니다.", return_tensors="pt").input_ids
+    with torch.inference_mode():
+        p = model(ids).logits.softmax(-1)
+    entropy = -(p * p.clamp_min(1e-12).log()).sum(-1).mean().item()
+    assert entropy < 0.75 * math.log(len(tokenizer))
+
+
+def test_tiny_is_cached_and_deterministic(tiny_model):
+    from exatrack.tiny import tiny_path
+
+    assert tiny_path() == tiny_model
+
+
+def test_local_folder_resolves_and_one_without_config_is_refused(tiny_model, tmp_path):
+    assert models.resolve(str(tiny_model)) == tiny_model
+    with pytest.raises(ExatrackError, match="has no config.json"):
+        models.resolve(str(tmp_path))
+
+
+def test_hub_id_without_network_says_so():
+    with pytest.raises(ExatrackError, match="cannot download LGAI-EXAONE/EXAONE-4.0-1.2B from the Hugging Face Hub"):
+        models.resolve("LGAI-EXAONE/EXAONE-4.0-1.2B")
+
+
+def test_runs_and_models_uris_resolve_to_the_logged_folder(tiny_model):
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(tiny_model), "checkpoint")
+    folder = models.resolve(f"runs:/{run.info.run_id}/checkpoint")
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "exaone4"
+    client = mlflow.MlflowClient()
+    client.create_registered_model("EXAONE-test")
+    version = client.create_model_version("EXAONE-test", source=f"{run.info.artifact_uri}/checkpoint", run_id=run.info.run_id)
+    client.set_registered_model_alias("EXAONE-test", "champion", version.version)
+    assert (models.resolve("models:/EXAONE-test@champion") / "config.json").exists()
+
+
+def test_unknown_run_is_a_clear_error():
+    with pytest.raises(ExatrackError, match="cannot fetch runs:/0123abcd/checkpoint"):
+        models.resolve("runs:/0123abcd/checkpoint")
