@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test demo clean
+.PHONY: setup serving-env test demo clean
 
 setup: $(VENV)/.installed
 
@@ -17,7 +17,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
-test: setup
+# The pinned vLLM environment evaluation runs in: built once (a few minutes), cached under ~/.cache/exatrack.
+serving-env: setup
+	$(BIN)/exatrack serving-env --build
+
+test: setup serving-env
 	$(BIN)/python -m pytest -q -ra
 
 demo: setup

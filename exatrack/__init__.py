@@ -1,5 +1,6 @@
 """exatrack: an MLflow-tracked lab for compressing EXAONE-4.0-1.2B for serving in vLLM."""
 
+import json
 import os
 from pathlib import Path
 
@@ -17,3 +18,20 @@ def cache_dir() -> Path:
     """Where built things live between runs (tiny model, serving environments)."""
     root = os.environ.get("EXATRACK_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "exatrack"
     return Path(root)
+
+
+def read_records(path: Path) -> list[dict]:
+    """Rows of a local jsonl, json (a list) or parquet file, as the hub's datasets would give them."""
+    if not path.exists():
+        raise ExatrackError(f"{path} does not exist; pass an existing jsonl, json or parquet file")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet
+
+        return pyarrow.parquet.read_table(path).to_pylist()
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        return json.loads(text)
+    try:
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as err:
+        raise ExatrackError(f"{path} line {err.lineno} is not valid JSON; write one JSON object per line")

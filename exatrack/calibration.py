@@ -5,11 +5,10 @@ jsonl/json/parquet file, or `sample` (the bundled, project-written corpus, for o
 Each record has a `text` field, or a `conversations`/`messages` list of turns.
 """
 
-import json
 import random
 from pathlib import Path
 
-from exatrack import DATA_DIR, ExatrackError
+from exatrack import DATA_DIR, ExatrackError, read_records
 
 MANTA = "LGAI-EXAONE/MANTA-1M"
 SAMPLE = DATA_DIR / "corpus.jsonl"
@@ -26,7 +25,7 @@ def load_records(source: str, limit: int, seed: int = 0) -> list[dict]:
     """`limit` records chosen by a seeded shuffle (hub data is streamed: it is large)."""
     path = Path(str(SAMPLE) if source == "sample" else source).expanduser()
     if path.suffix in (".jsonl", ".json", ".parquet"):
-        records = read_file(path)
+        records = read_records(path)
         random.Random(seed).shuffle(records)
         records = records[:limit]
     else:
@@ -34,22 +33,6 @@ def load_records(source: str, limit: int, seed: int = 0) -> list[dict]:
     if not records:
         raise ExatrackError(f"calibration source '{source}' holds no records; pass a file with at least one row")
     return records
-
-
-def read_file(path: Path) -> list[dict]:
-    if not path.exists():
-        raise ExatrackError(f"calibration file {path} does not exist; pass calib=sample, a hub id or an existing file")
-    if path.suffix == ".parquet":
-        import pyarrow.parquet
-
-        return pyarrow.parquet.read_table(path).to_pylist()
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json" and text.lstrip().startswith("["):
-        return json.loads(text)
-    try:
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as err:
-        raise ExatrackError(f"{path} line {err.lineno} is not valid JSON; write one JSON object per line")
 
 
 def from_hub(source: str, limit: int, seed: int) -> list[dict]:

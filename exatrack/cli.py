@@ -65,5 +65,55 @@ def quantize(model, recipe, calib, **params):
     click.echo(f"quantize finished: run {run_id}, checkpoint runs:/{run_id}/{CHECKPOINT}")
 
 
+def evaluation_options(command):
+    """The options `evaluate` and `baseline` share, one per field of evaluate.Settings."""
+    from exatrack.evaluate import ALL
+
+    for decorator in reversed([
+        option("model", default=DEFAULT_MODEL, show_default=True, help="hub id, folder, tiny, runs:/... or models:/..."),
+        option("benchmarks", default=ALL, show_default=True, help="comma-separated benchmark names"),
+        option("data", default="hub", show_default=True, help="hub or sample, then name=path overrides, e.g. hub,kmmlu_redux=redux.jsonl"),
+        option("limit", default=0, type=int, show_default=True, help="rows per benchmark (a fixed subset); 0 = all"),
+        option("max_tokens", default=16384, type=int, show_default=True, help="generation budget per answer"),
+        option("thinking", default=False, type=bool, show_default=True, help="EXAONE reasoning mode (enable_thinking)"),
+        option("greedy", default=True, type=bool, show_default=True, help="greedy decoding as the grader; false: MT-Bench temperatures for KoMT"),
+        option("max_model_len", default=0, type=int, show_default=True, help="vLLM context length; 0 = the model's"),
+        option("eager", default=False, type=bool, show_default=True, help="vLLM enforce_eager: faster start, slower decode"),
+        option("kv_cache_dtype", default="auto", show_default=True, help="vLLM KV cache dtype, e.g. fp8"),
+    ]):
+        command = decorator(command)
+    return command
+
+
+@main.command()
+@evaluation_options
+def evaluate(model, **settings):
+    """Evaluate a checkpoint in vLLM on the Korean benchmarks, with generation time per token."""
+    from exatrack.evaluate import Settings, evaluate as run_evaluate
+
+    run_id = run_evaluate(model, Settings(**settings))
+    click.echo(f"evaluate finished: run {run_id}")
+
+
+@main.command()
+@evaluation_options
+def baseline(model, **settings):
+    """Evaluate the uncompressed model and tag it as the base for its evaluation fingerprint."""
+    from exatrack.evaluate import Settings, evaluate as run_evaluate
+
+    run_id = run_evaluate(model, Settings(**settings), baseline=True)
+    click.echo(f"baseline finished: run {run_id}")
+
+
+@main.command("serving-env")
+@click.option("--build", is_flag=True, help="build it now if it is not built yet")
+def serving_env(build):
+    """Print the interpreter of the pinned vLLM serving environment (building it with --build)."""
+    from exatrack import serving
+
+    click.echo(f"spec: {serving.spec()}")
+    click.echo(f"python: {serving.python(build=build)}")
+
+
 if __name__ == "__main__":
     main()

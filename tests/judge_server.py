@@ -1,0 +1,40 @@
+"""A small OpenAI-compatible chat server on 127.0.0.1 for the judge tests; it answers with a fixed rating."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FakeJudge:
+    def __init__(self, reply="간결하고 정확한 답변입니다. 점수: [[8]]", fail_first=0, always_fail=False):
+        self.reply, self.fail_first, self.always_fail = reply, fail_first, always_fail
+        self.requests, self.auth = [], set()
+        judge = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                judge.requests.append(body)
+                judge.auth.add(self.headers.get("Authorization"))
+                if judge.always_fail or len(judge.requests) <= judge.fail_first:
+                    self.send_response(429 if not judge.always_fail else 500)
+                    self.send_header("Retry-After", "0")
+                    self.end_headers()
+                    return
+                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": judge.reply}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()

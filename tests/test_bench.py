@@ -1,0 +1,182 @@
+"""Benchmark units: prompts, answer extraction, F1, subsets, sources, and the KoMT judge."""
+
+import json
+import re
+
+import pytest
+
+from exatrack import ExatrackError
+from exatrack.bench import REGISTRY, subset
+from exatrack.bench import komt, longrag, mcqa
+from exatrack.bench.judge import Judge, JudgeUnavailable, parse_rating
+from exatrack.evaluate import Settings
+from tests.conftest import shared
+from tests.judge_server import FakeJudge
+
+
+@pytest.mark.parametrize(
+    "output, expected",
+    [
+        ("먼저 각 보기를 살펴보면 A는 틀렸고 C도 아닙니다. 따라서 정답: B", "B"),
+        ("정답: A라고 생각할 수 있지만 다시 계산하면\n정답: D", "D"),
+        ("**정답: C**", "C"),
+        ("정답：B입니다", "B"),
+        ("정답: B입니다. 다른 보기는 모두 틀렸습니다.", "B"),
+        ("계산 결과는 \\boxed{C} 입니다.", "C"),
+        ("따라서 정답은 (D)입니다.", "D"),
+        ("보기 중 (A)가 가장 적절합니다.", "A"),
+        ("가장 알맞은 답은 B", "B"),
+        ("<think>\n정답: A 인지 고민해 보자\n</think>\n\n정답: C", "C"),
+        ("정답: E", None),  # four options: E is not an answer
+        ("잘 모르겠습니다.", None),
+    ],
+)
+def test_mcqa_extraction_on_realistic_outputs(output, expected):
+    assert mcqa.extract(output, 4) == expected
+
+
+def test_mcqa_prompt_follows_the_paper_and_gold_is_one_based():
+    row = {"question": "질문?", "options": ["가", "나", "다", "라", "마"], "solution": "5"}
+    text = mcqa.prompt(row)
+    assert text.startswith('다음 문제에 대해 정답을 고르세요. 당신의 최종 정답은 ABCDE 중 하나이고, "정답:" 뒤에 와야 합니다.')
+    assert text.endswith("질문?\n\nA) 가\nB) 나\nC) 다\nD) 라\nE) 마")
+    assert mcqa.gold(row) == "E"
+
+
+def test_mcqa_scoring_counts_unparsed_answers_as_wrong():
+    rows = [{"question": "q", "options": ["a", "b", "c", "d"], "solution": "2"}] * 3
+    result = REGISTRY["kmmlu_redux"].score(rows, [["정답: B"], ["정답: C"], ["모르겠다"]])
+    assert result.metrics == {"accuracy": 1 / 3, "unparsed": 1, "n": 3}
+
+
+@pytest.mark.parametrize(
+    "prediction, gold, expected",
+    [
+        ("신라", "신라", 1.0),
+        ("신라!", "  신라 ", 1.0),
+        ("Seoul, Korea.", "seoul korea", 1.0),
+        ("경주는 신라 의 수도", "신라", 2 * (1 / 4) * 1 / (1 / 4 + 1)),
+        ("백제", "신라", 0.0),
+        ("", "", 1.0),
+    ],
+)
+def test_f1_normalises_case_punctuation_and_space(prediction, gold, expected):
+    assert longrag.f1(prediction, gold) == pytest.approx(expected)
+
+
+def test_longrag_prompt_fills_the_dataset_template_even_with_braces_in_context():
+    row = {"prompt": "제목: {titles}\n{context}\n질문: {question}", "titles": ["가", "나"],
+           "context": ["코드 {x: 1}", "둘째"], "question": "무엇?"}
+    assert longrag.prompt(row) == "제목: 가, 나\n코드 {x: 1}\n\n둘째\n질문: 무엇?"
+
+
+def test_longrag_reports_single_and_multi_document_apart():
+    rows = [dict(task="singledocQA", answer="신라"), dict(task="multidocQA", answer="제주도")]
+    rows = [dict(r, prompt="{question}", titles=[], context="", question="q") for r in rows]
+    result = REGISTRY["ko_longrag"].score(rows, [["신라"], ["서울"]])
+    assert (result.metrics["f1"], result.metrics["f1_singledoc"], result.metrics["f1_multidoc"]) == (0.5, 1.0, 0.0)
+
+
+def test_subset_is_the_same_whatever_the_order():
+    rows = [{"question": str(i)} for i in range(20)]
+    assert subset(rows, 5) == subset(list(reversed(rows)), 5)
+    assert len(subset(rows, 5)) == 5 and subset(rows, 0) == rows
+
+
+def test_a_file_missing_a_field_names_the_field(tmp_path):
+    path = tmp_path / "redux.jsonl"
+    path.write_text(json.dumps({"question": "q", "options": ["a", "b"]}) + "\n")
+    with pytest.raises(ExatrackError, match="KMMLU-Redux row 0 .* has no 'solution' field"):
+        REGISTRY["kmmlu_redux"].load(str(path))
+
+
+def test_a_gated_hub_dataset_without_token_says_so(monkeypatch):
+    import datasets
+    from huggingface_hub.errors import GatedRepoError
+
+    def gated(*args, **kwargs):
+        raise GatedRepoError.__new__(GatedRepoError)
+
+    monkeypatch.setattr(datasets, "load_dataset", gated)
+    with pytest.raises(ExatrackError, match="LGAI-EXAONE/KMMLU-Pro is gated: .* set HF_TOKEN"):
+        REGISTRY["kmmlu_pro"].load("hub")
+
+
+def test_data_setting_takes_a_default_and_per_benchmark_files():
+    sources = Settings(data="sample,kmmlu_redux=/tmp/r.jsonl").sources()
+    assert sources["kmmlu_redux"] == "/tmp/r.jsonl" and sources["kmmlu_pro"] == "sample"
+    with pytest.raises(ExatrackError, match="names no benchmark"):
+        Settings(data="kmmlu=/tmp/r.jsonl").sources()
+    with pytest.raises(ExatrackError, match="unknown benchmark 'mmlu'"):
+        Settings(benchmarks="mmlu").names()
+
+
+def test_rating_parser_on_the_real_gpt4_judgments():
+    lines = shared("data", "komt-bench", "mt_bench__model_judgment__gpt-4_single_final.jsonl").read_text().splitlines()
+    judgments = [json.loads(line) for line in lines]
+    assert len(judgments) == 160
+    assert all(parse_rating(j["judgment"]) == j["score"] for j in judgments)
+
+
+def test_rating_parser_edge_cases():
+    assert parse_rating("점수: [[7.5]]") == 7.5
+    assert parse_rating("처음엔 [[3]]이라 했지만 최종 점수: [[6]]") == 6
+    assert parse_rating("점수: [4]") == 4
+    assert parse_rating("점수를 매길 수 없습니다") is None
+
+
+def test_official_judge_prompts_and_questions_fit_the_benchmark(monkeypatch):
+    prompts_file = shared("data", "komt-bench", "judge_prompts_ko.jsonl")
+    monkeypatch.setenv("EXATRACK_JUDGE_PROMPTS", str(prompts_file))
+    rows = REGISTRY["komt_bench"].load(str(shared("data", "komt-bench", "mt_bench__question_ko.jsonl")))
+    assert len(rows) == 80
+    prompts = komt.judge_prompts()
+    math_row = next(r for r in rows if r["category"] == "math" and r.get("reference"))
+    for row in (rows[0], math_row):
+        for turn in (0, 1):
+            system, user = komt.judge_request(row, ["첫 답변", "둘째 답변"], turn, prompts)
+            assert not re.search(r"\{(question|answer|ref_answer)_?\d?\}", user), user[:200]
+            assert ("둘째 답변" in user) == (turn == 1)
+    _, user = komt.judge_request(math_row, ["a", "b"], 0, prompts)
+    assert math_row["reference"][0] in user
+
+
+def test_non_korean_answers_get_the_square_root_except_138_and_140():
+    assert komt.is_korean("서울은 한국의 수도입니다. Seoul") and not komt.is_korean("Seoul is the capital.")
+    assert komt.is_korean("다음 코드입니다.\n```python\nprint('hello world')\n```")
+    assert komt.penalized(9, {"question_id": 81}, "This is English.") == 3
+    assert komt.penalized(9, {"question_id": 138}, "This is English.") == 9
+
+
+@pytest.fixture
+def komt_rows():
+    return REGISTRY["komt_bench"].load("sample")
+
+
+def test_komt_judged_through_an_openai_compatible_server(komt_rows, monkeypatch, tmp_path):
+    monkeypatch.setenv("EXATRACK_CACHE", str(tmp_path))
+    server = FakeJudge(fail_first=2)
+    try:
+        judge = Judge(server.url, "fake-judge", api_key="sk-test", backoff_s=0.01)
+        answers = [["한국어 답변입니다.", "두 번째 답변입니다."] for _ in komt_rows]
+        result = REGISTRY["komt_bench"].score(komt_rows, answers, judge=judge)
+        assert result.metrics["rating"] == 8 and result.metrics["score"] == 0.8
+        assert len(server.requests) == 2 + 2 * len(komt_rows)  # two 429s retried, then one call per turn
+        assert server.auth == {"Bearer sk-test"} and server.requests[-1]["temperature"] == 0
+        REGISTRY["komt_bench"].score(komt_rows, answers, judge=judge)
+        assert len(server.requests) == 2 + 2 * len(komt_rows)  # the second pass came from the cache
+    finally:
+        server.close()
+
+
+def test_a_judge_that_keeps_failing_skips_komt_instead_of_scoring_zero(komt_rows, monkeypatch, tmp_path):
+    monkeypatch.setenv("EXATRACK_CACHE", str(tmp_path))
+    server = FakeJudge(always_fail=True)
+    try:
+        judge = Judge(server.url, "fake-judge", retries=2, backoff_s=0.01)
+        result = REGISTRY["komt_bench"].score(komt_rows, [["a", "b"]] * len(komt_rows), judge=judge)
+        assert result.metrics["score"] is None and "failed after 3 tries (HTTP 500)" in result.notes["judge_error"]
+    finally:
+        server.close()
+    with pytest.raises(JudgeUnavailable):
+        Judge("http://127.0.0.1:9", "nobody", retries=0).judge("s", "u")
