@@ -24,8 +24,9 @@ serving-env: setup
 test: setup serving-env
 	$(BIN)/python -m pytest -q -ra
 
-demo: setup
-	$(BIN)/exatrack quantize --model tiny --recipe w8a8 --calib sample
+demo: setup serving-env
+	$(BIN)/exatrack pipeline --model tiny --data sample --max_tokens 48 --eager true \
+		--only w8a8-d0.01-n512,w8a8-d0.02-n512,fp8-dynamic
 
 clean:
 	rm -rf mlflow.db mlruns/[0-9]* mlruns/models submit.zip

@@ -105,6 +105,65 @@ def baseline(model, **settings):
     click.echo(f"baseline finished: run {run_id}")
 
 
+@main.command()
+@option("registered_model", default="EXAONE-4.0-1.2B-exatrack", show_default=True, help="registry name; must begin with EXAONE")
+def rank(registered_model):
+    """Score every evaluated run against its base, log a leaderboard, point `champion` at the best."""
+    from exatrack.rank import markdown, rank as run_rank
+
+    board = run_rank(registered_model)
+    click.echo(markdown(board))
+    if board.champion:
+        click.echo(f"champion: {registered_model} version {board.champion}")
+
+
+@main.command("record-official")
+@click.argument("run_id")
+@option("score", type=float, required=True, help="the official challenge score of this run's submission")
+def record_official(run_id, score):
+    """Store an official challenge score on a run; `rank` fits an estimate once two runs have one."""
+    from exatrack.rank import record_official as record
+
+    record(run_id, score)
+    click.echo(f"official score {score} recorded on run {run_id}")
+
+
+@main.command()
+@option("version", default="champion", show_default=True, help="a version number or an alias")
+@option("registered_model", default="EXAONE-4.0-1.2B-exatrack", show_default=True, help="registry name")
+@option("out", default="submit.zip", show_default=True, help="where to write the submission zip")
+@option("verify", default="files", show_default=True, type=click.Choice(["files", "vllm"]), help="vllm: also load and generate")
+def promote(version, registered_model, out, verify):
+    """Point `submission` at a version and build submit.zip with only what vLLM needs."""
+    from exatrack.package import promote as run_promote
+
+    path = run_promote(version, registered_model, out, verify)
+    click.echo(f"submission: {path}")
+
+
+@main.command()
+@evaluation_options
+@option("lanes", default="recipes/lanes.yaml", show_default=True, help="lanes file: lane name -> recipe and parameters")
+@option("only", default=None, help="comma-separated lanes to run (default: all)")
+@option("calib", default="auto", show_default=True, help="calibration data for every lane")
+@option("force", default=False, type=bool, show_default=True, help="redo lanes and baseline even if done")
+@option("registered_model", default="EXAONE-4.0-1.2B-exatrack", show_default=True, help="registry name")
+@option("out", default="submit.zip", show_default=True, help="where to write the submission zip")
+@option("verify", default="files", show_default=True, type=click.Choice(["files", "vllm"]), help="vllm: also load the package")
+def pipeline(model, lanes, only, calib, force, registered_model, out, verify, **settings):
+    """Baseline, every lane through quantize and evaluate, then rank and promote; resumable."""
+    from exatrack.evaluate import Settings
+    from exatrack.pipeline import pipeline as run_pipeline
+    from exatrack.rank import markdown
+
+    done = run_pipeline(model, lanes, Settings(**settings), only, None if calib == "auto" else calib, force,
+                        registered_model, out, verify)
+    for lane, status in done.lanes.items():
+        click.echo(f"lane {lane}: {status}")
+    click.echo(markdown(done.board))
+    click.echo(f"submission: {done.submission}" if done.submission else "no submission: no lane was scored")
+
+
 @main.command("serving-env")
 @click.option("--build", is_flag=True, help="build it now if it is not built yet")
 def serving_env(build):

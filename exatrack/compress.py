@@ -17,11 +17,13 @@ from exatrack import calibration, models, recipes, tracking
 CHECKPOINT = "checkpoint"
 
 
-def quantize(model: str, recipe: str, params: dict, calib: str | None = None, parent_run_id: str | None = None) -> str:
+def quantize(model: str, recipe: str, params: dict, calib: str | None = None, parent_run_id: str | None = None,
+             tags: dict | None = None) -> str:
     """Compress `model` with `recipe`; returns the run id. `params` are the recipe's and calibration's values."""
     import mlflow
 
-    with tracking.run("quantize", run_name=recipe, parent_run_id=parent_run_id) as active:
+    run_name = (tags or {}).get("exatrack.lane", recipe)
+    with tracking.run("quantize", run_name=run_name, parent_run_id=parent_run_id, tags=tags) as active:
         chosen = recipes.load(recipe)
         values = chosen.resolve_params(params)
         calib = calibration.default_source(model) if calib in (None, "auto") else calib

@@ -10,6 +10,7 @@ fingerprint.
 import hashlib
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass
 
 from exatrack import ExatrackError, models, serving, tracking
@@ -76,6 +77,15 @@ def fingerprint_id(print_: dict) -> str:
     return hashlib.sha256(json.dumps(print_, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def eval_key(model: str, settings: Settings) -> str:
+    """Identifies an evaluation before it runs (model, settings, machine, serving spec), for reuse."""
+    from exatrack.worker import device_name  # standard library only: cheap here too
+
+    serving_env = os.environ.get("EXATRACK_SERVING_PYTHON") or serving.spec()
+    parts = [model, asdict(settings), device_name(), serving_env]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def evaluate(model: str, settings: Settings, baseline: bool = False, parent_run_id: str | None = None) -> str:
     """Evaluate `model`; log onto its own run when it is a run's checkpoint, else onto a new run."""
     run_id = None if baseline else models.run_id_of(model)
@@ -93,6 +103,10 @@ def evaluate(model: str, settings: Settings, baseline: bool = False, parent_run_
         results = {name: REGISTRY[name].score(rows[name], response["benchmarks"][name]["answers"]) for name in names}
         print_ = fingerprint(settings, rows, response)
         log_evaluation(model, settings, baseline, sources, rows, response, results, print_)
+        if baseline:
+            import mlflow
+
+            mlflow.set_tag("exatrack.base_key", eval_key(model, settings))
         return active.info.run_id
 
 

@@ -10,6 +10,7 @@ import collections
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -75,6 +76,18 @@ def create(folder: Path, requirements: str) -> None:
         (folder / ".ready").write_text(requirements)
 
 
+EXCEPTION = re.compile(r"\b(\w+(?:Error|Exception)): (.*)")
+
+
+def root_cause(lines: list[str]) -> str:
+    """The first exception the engine raised; the engine's own 'EngineDeadError' only says it died."""
+    for line in lines:
+        match = EXCEPTION.search(line)
+        if match and match.group(1) != "EngineDeadError":
+            return f"{match.group(1)}: {match.group(2)}"
+    return lines[-1] if lines else "no output"
+
+
 def generate(model: Path, request: dict) -> dict:
     """Run the worker on one checkpoint; its log streams through, and its last lines explain a failure."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,12 +95,11 @@ def generate(model: Path, request: dict) -> dict:
         request_file.write_text(json.dumps({"model": str(model), **request}, ensure_ascii=False), encoding="utf-8")
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
         command = [str(python()), str(WORKER), str(request_file), str(response_file)]
-        last = collections.deque(maxlen=8)
+        last = collections.deque(maxlen=400)
         with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env, errors="replace") as proc:
             for line in proc.stderr:
                 sys.stderr.write(line)
                 last.append(line.strip())
         if proc.returncode != 0 or not response_file.exists():
-            reason = next((line for line in reversed(last) if "Error" in line), last[-1] if last else "no output")
-            raise ExatrackError(f"vLLM could not serve {model}: {reason[:400]}")
+            raise ExatrackError(f"vLLM could not serve {model}: {root_cause(list(last))[:400]}")
         return json.loads(response_file.read_text(encoding="utf-8"))

@@ -33,17 +33,19 @@ def use_experiment():
 
 
 @contextmanager
-def run(kind: str, run_id: str | None = None, run_name: str | None = None, parent_run_id: str | None = None):
+def run(kind: str, run_id: str | None = None, run_name: str | None = None, parent_run_id: str | None = None,
+        tags: dict | None = None):
     """Start (or resume) a run; any exception marks it FAILED with the error kept as a tag."""
     import mlflow
 
     use_experiment()
-    tags = {"exatrack.kind": kind} if run_id is None else {}
+    tags = {**({"exatrack.kind": kind} if run_id is None else {}), **(tags or {})}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     if commit := git_commit():
         tags["mlflow.source.git.commit"] = commit
-    with mlflow.start_run(run_id=run_id, run_name=run_name, tags=tags or None) as active:
+    nested = mlflow.active_run() is not None
+    with mlflow.start_run(run_id=run_id, run_name=run_name, tags=tags or None, nested=nested) as active:
         try:
             yield active
         except BaseException as err:

@@ -180,3 +180,15 @@ def test_a_judge_that_keeps_failing_skips_komt_instead_of_scoring_zero(komt_rows
         server.close()
     with pytest.raises(JudgeUnavailable):
         Judge("http://127.0.0.1:9", "nobody", retries=0).judge("s", "u")
+
+
+def test_serving_failure_names_the_engines_first_exception_not_its_death():
+    from exatrack.serving import root_cause
+
+    lines = [
+        "(Worker pid=1) ERROR [x.py:1] Traceback (most recent call last):",
+        "(Worker pid=1) ERROR [x.py:1] AttributeError: '_OpNamespace' '_C' object has no attribute 'cpu_gemm_wna16'",
+        "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue.",
+    ]
+    assert root_cause(lines) == "AttributeError: '_OpNamespace' '_C' object has no attribute 'cpu_gemm_wna16'"
+    assert root_cause(["just a line"]) == "just a line"

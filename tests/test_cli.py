@@ -57,11 +57,12 @@ def test_mlproject_entry_points_mirror_cli_commands_one_to_one():
     assert set(project["entry_points"]) == set(main.commands) - UTILITIES
     for name, entry in project["entry_points"].items():
         command = main.commands[name]
-        options = {p.name for p in command.params if isinstance(p, click.Option)}
-        assert set(entry["parameters"]) == options, name
+        assert set(entry["parameters"]) == {p.name for p in command.params}, name
         assert entry["command"].startswith(f"exatrack {name} ")
-        for param in entry["parameters"]:
-            assert f"--{param} {{{param}}}" in " ".join(entry["command"].split()), (name, param)
+        text = " ".join(entry["command"].split())
+        for param in command.params:
+            spelled = f"--{param.name} {{{param.name}}}" if isinstance(param, click.Option) else f"{{{param.name}}}"
+            assert spelled in text, (name, param.name)
 
 
 def test_mlflow_run_quantize_entry_point(tiny_model, tmp_path):

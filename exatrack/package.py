@@ -1,0 +1,124 @@
+"""`promote`: turn a registered version into the challenge's submission, `submit.zip` holding `model/`
+with only what vLLM needs, checked before anything is logged or the `submission` alias moves.
+"""
+
+import json
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+from exatrack import ExatrackError, models, tracking
+from exatrack.rank import CHAMPION, REGISTERED_MODEL
+
+SUBMISSION = "submission"
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "tokenizer.model"]
+KEEP = ["config.json", "generation_config.json", "chat_template.jinja", *TOKENIZER_FILES]
+
+
+def select_files(folder: Path) -> list[Path]:
+    """config, weights (and their index), generation config, tokenizer, chat template; nothing else."""
+    return sorted(p for p in folder.iterdir() if p.name in KEEP or p.suffix == ".safetensors"
+                  or p.name == "model.safetensors.index.json")
+
+
+def check(folder: Path) -> list[str]:
+    """Everything vLLM needs is there and readable; returns the problems found (none = ready)."""
+    from safetensors import safe_open
+
+    names = {p.name for p in folder.iterdir()}
+    problems = [f"missing {n}" for n in ("config.json", "generation_config.json", "tokenizer_config.json") if n not in names]
+    if not any(n.endswith(".safetensors") for n in names):
+        problems.append("missing *.safetensors weights")
+    if "tokenizer.json" not in names and not {"vocab.json", "merges.txt"} <= names:
+        problems.append("missing tokenizer files (tokenizer.json, or vocab.json and merges.txt)")
+    if problems:
+        return problems
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except json.JSONDecodeError as err:
+        return [f"config.json does not parse ({err})"]
+    if "quantization_config" not in config:
+        problems.append("config.json has no quantization_config (an uncompressed model)")
+    for weights in folder.glob("*.safetensors"):
+        try:
+            with safe_open(str(weights), "pt") as f:
+                if not list(f.keys()):
+                    problems.append(f"{weights.name} holds no tensors")
+        except Exception as err:
+            problems.append(f"{weights.name} is not readable safetensors ({type(err).__name__})")
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        if not (tokenizer.chat_template or (folder / "chat_template.jinja").exists()):
+            problems.append("the tokenizer has no chat template")
+    except Exception as err:
+        problems.append(f"the tokenizer does not load ({type(err).__name__}: {str(err)[:120]})")
+    return problems
+
+
+def verify_with_vllm(folder: Path) -> str:
+    from exatrack import serving
+
+    request = {"engine": {"seed": 0, "gpu_memory_utilization": 0.85 if serving.has_gpu() else 0.3, "enforce_eager": True},
+               "thinking": False, "sampling": {"temperature": 0.0, "max_tokens": 16},
+               "benchmarks": {"smoke": [{"turns": ["한국의 수도는 어디인가요?"]}]}}
+    answer = serving.generate(folder, request)["benchmarks"]["smoke"]
+    if not answer["gen_tokens"]:
+        raise ExatrackError(f"vLLM loaded {folder} but generated nothing; the package is not submitted")
+    return answer["answers"][0][0]
+
+
+def build_zip(files: list[Path], out: Path) -> None:
+    """Write to a temporary name and rename, so a crash never leaves a half zip at `out`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in files:
+            archive.write(path, f"model/{path.name}")
+    partial.replace(out)
+
+
+def version_of(client, model_name: str, version: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if str(version).isdigit():
+            return client.get_model_version(model_name, version)
+        return client.get_model_version_by_alias(model_name, version)
+    except MlflowException:
+        raise ExatrackError(f"{model_name} has no version or alias '{version}'; run `exatrack rank` first, "
+                            "or name a version number")
+
+
+def promote(version: str = CHAMPION, model_name: str = REGISTERED_MODEL, out: str = "submit.zip",
+            verify: str = "files", parent_run_id: str | None = None) -> Path:
+    import mlflow
+    from mlflow import MlflowClient
+
+    if verify not in ("files", "vllm"):
+        raise ExatrackError(f"verify={verify} is not one of files, vllm")
+    client = MlflowClient()
+    with tracking.run("promote", run_name="promote", parent_run_id=parent_run_id):
+        chosen = version_of(client, model_name, version)
+        mlflow.log_params({"registered_model": model_name, "version": chosen.version, "asked": version, "verify": verify})
+        source = models.resolve(f"models:/{model_name}/{chosen.version}")
+        with tempfile.TemporaryDirectory() as tmp:
+            package = Path(tmp) / "model"
+            package.mkdir()
+            for path in select_files(source):
+                shutil.copy2(path, package / path.name)
+            problems = check(package)
+            if problems:
+                raise ExatrackError(f"version {chosen.version} is not a complete model: {'; '.join(problems)}")
+            if verify == "vllm":
+                mlflow.set_tag("exatrack.vllm_smoke_answer", verify_with_vllm(package)[:200])
+            zip_path = Path(out).resolve()
+            build_zip(sorted(package.iterdir()), zip_path)
+        mlflow.log_artifact(str(zip_path))
+        mlflow.log_metric("submit_zip_mb", zip_path.stat().st_size / 2**20)
+        client.set_registered_model_alias(model_name, SUBMISSION, chosen.version)
+        mlflow.set_tags({"exatrack.submission_version": chosen.version, "exatrack.source_run_id": chosen.run_id})
+    return zip_path
