@@ -106,6 +106,20 @@ def baseline(model, **settings):
 
 
 @main.command()
+@option("model", required=True, help="the candidate: runs:/<id>/checkpoint (logged on that run), a folder, ...")
+@option("base", required=True, help="the base model, e.g. tiny or LGAI-EXAONE/EXAONE-4.0-1.2B")
+@option("workloads", default="full", show_default=True, type=click.Choice(["full", "quick"]), help="workload sizes")
+@option("rounds", default=10, type=int, show_default=True, help="paired rounds (at least 3)")
+@option("eager", default=False, type=bool, show_default=True, help="vLLM enforce_eager")
+def speed(model, base, workloads, rounds, eager):
+    """Candidate vs base speed, both loaded in one serving session: median ratio with a 95% interval."""
+    from exatrack.speed import speed as run_speed
+
+    run_id = run_speed(model, base, workloads, rounds, eager)
+    click.echo(f"speed finished: run {run_id}")
+
+
+@main.command()
 @option("registered_model", default="EXAONE-4.0-1.2B-exatrack", show_default=True, help="registry name; must begin with EXAONE")
 def rank(registered_model):
     """Score every evaluated run against its base, log a leaderboard, point `champion` at the best."""

@@ -27,6 +27,8 @@ class Entry:
     reason: str = ""
     official: float | None = None
     estimate: float | None = None
+    paired: float | None = None  # the score with SpeedNorm from `exatrack speed` against the same base model
+
 
     @property
     def name(self) -> str:
@@ -90,12 +92,24 @@ def build_board(runs: list) -> Board:
             entry.base_run_id = base.info.run_id
             try:
                 entry.score = challenge_score(measured(run), measured(base))
+                entry.paired = paired_score(run, base, entry.score)
             except Unscorable as err:
                 entry.reason = str(err)
         entries.append(entry)
     board = Board(entries)
     fit_official(board)
     return board
+
+
+def paired_score(run, base, score: Score) -> float | None:
+    """The same PerfNorm with the controlled SpeedNorm, when the run's speed was paired with its base
+    model on the base's device."""
+    tags, metrics = run.data.tags, run.data.metrics
+    same = (tags.get("speed.base_model") == base.data.tags.get("exatrack.source_model")
+            and tags.get("speed.device") == base.data.tags.get("exatrack.device"))
+    if "speed_norm_paired" not in metrics or not same:
+        return None
+    return max(0.5 * score.perf_norm + 0.5 * metrics["speed_norm_paired"], 0.0)
 
 
 def fit_official(board: Board) -> None:
@@ -117,12 +131,14 @@ def log_scores(client, board: Board) -> None:
             client.log_metric(run_id, key, value)
         if entry.estimate is not None:
             client.log_metric(run_id, "official_estimate", entry.estimate)
+        if entry.paired is not None:
+            client.log_metric(run_id, "score_paired", entry.paired)
         client.set_tag(run_id, "base_run_id", entry.base_run_id)
         client.set_tag(run_id, "exatrack.score_benchmarks", ",".join(entry.score.benchmarks))
 
 
-COLUMNS = ["rank", "name", "run_id", "recipe", "perf", "perf_norm", "speed_norm", "score", "official", "estimate",
-           "base_run_id", "note"]
+COLUMNS = ["rank", "name", "run_id", "recipe", "perf", "perf_norm", "speed_norm", "score", "score_paired", "official",
+           "estimate", "base_run_id", "note"]
 
 
 def rows(board: Board) -> list[dict]:
@@ -134,6 +150,7 @@ def rows(board: Board) -> list[dict]:
             "recipe": e.run.data.params.get("recipe", ""),
             "perf": f"{s.perf:.4f}" if s else "", "perf_norm": f"{s.perf_norm:.4f}" if s else "",
             "speed_norm": f"{s.speed_norm:+.4f}" if s else "", "score": f"{s.score:.4f}" if s else "",
+            "score_paired": "" if e.paired is None else f"{e.paired:.4f}",
             "official": "" if e.official is None else f"{e.official:.4f}",
             "estimate": "" if e.estimate is None else f"{e.estimate:.4f}",
             "base_run_id": e.base_run_id or "", "note": e.reason,

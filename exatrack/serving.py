@@ -89,10 +89,15 @@ def root_cause(lines: list[str]) -> str:
 
 
 def generate(model: Path, request: dict) -> dict:
-    """Run the worker on one checkpoint; its log streams through, and its last lines explain a failure."""
+    """Run the worker on one checkpoint."""
+    return call_worker({"model": str(model), **request}, str(model))
+
+
+def call_worker(request: dict, what: str) -> dict:
+    """Run the worker; its log streams through, and the engine's first exception explains a failure."""
     with tempfile.TemporaryDirectory() as tmp:
         request_file, response_file = Path(tmp) / "request.json", Path(tmp) / "response.json"
-        request_file.write_text(json.dumps({"model": str(model), **request}, ensure_ascii=False), encoding="utf-8")
+        request_file.write_text(json.dumps(request, ensure_ascii=False), encoding="utf-8")
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
         command = [str(python()), str(WORKER), str(request_file), str(response_file)]
         last = collections.deque(maxlen=400)
@@ -101,5 +106,5 @@ def generate(model: Path, request: dict) -> dict:
                 sys.stderr.write(line)
                 last.append(line.strip())
         if proc.returncode != 0 or not response_file.exists():
-            raise ExatrackError(f"vLLM could not serve {model}: {root_cause(list(last))[:400]}")
+            raise ExatrackError(f"vLLM could not serve {what}: {root_cause(list(last))[:400]}")
         return json.loads(response_file.read_text(encoding="utf-8"))

@@ -69,12 +69,71 @@ def run_turns(llm, conversations, sampling, chat_kwargs):
     return answers, tokens, gen_time, timing
 
 
+def synthetic_prompts(count: int, length: int, token_range: list, seed: int) -> list:
+    """Fixed random token ids: the same prompts for every model, no tokenizer in the timing."""
+    import random
+
+    rng = random.Random(seed)
+    return [{"prompt_token_ids": [rng.randrange(*token_range) for _ in range(length)]} for _ in range(count)]
+
+
+def timed_generate(llm, prompts, output_tokens: int) -> tuple[float, int]:
+    from vllm import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=output_tokens, ignore_eos=True)
+    started = time.perf_counter()
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    wall = time.perf_counter() - started
+    span = generation_span(outputs)
+    return (wall if span is None else span), sum(len(o.outputs[0].token_ids) for o in outputs)
+
+
+def load_engines(models: list[dict]) -> dict:
+    from vllm import LLM
+
+    return {m["name"]: LLM(model=m["path"], disable_log_stats=False, **m["engine"]) for m in models}
+
+
+def speed_rounds(engines: dict, workload_specs: list[dict], token_range: list, rounds: int) -> list[dict]:
+    """Each round runs every workload on every engine, in an order rotated per round, so drift over
+    time hits all models alike."""
+    names = list(engines)
+    workloads = {w["name"]: synthetic_prompts(w["prompts"], w["prompt_tokens"], token_range, i)
+                 for i, w in enumerate(workload_specs)}
+    output_tokens = {w["name"]: w["output_tokens"] for w in workload_specs}
+    for llm in engines.values():  # warm-up: the first batches pay for lazy initialisation
+        for prompts in workloads.values():
+            timed_generate(llm, prompts[:2], 4)
+    results = []
+    for k in range(rounds):
+        order = names[k % len(names):] + names[:k % len(names)]
+        result = {w: {} for w in workloads}
+        for w, prompts in workloads.items():
+            for name in order:
+                seconds, tokens = timed_generate(engines[name], prompts, output_tokens[w])
+                result[w][name] = {"seconds": seconds, "tokens": tokens}
+        results.append(result)
+        print(f"speed round {k + 1}/{rounds} done", file=sys.stderr, flush=True)
+    return results
+
+
+def measure_speed(request: dict) -> dict:
+    """All checkpoints loaded side by side in one session, then paired rounds."""
+    engines = load_engines(request["models"])
+    return {"rounds": speed_rounds(engines, request["workloads"], request["token_range"], request["rounds"])}
+
+
 def main(request_path: str, response_path: str) -> None:
     import vllm
     from vllm import LLM
 
     with open(request_path, encoding="utf-8") as f:
         request = json.load(f)
+    if request.get("mode") == "speed":
+        response = {"vllm_version": vllm.__version__, "device": device_name(), **measure_speed(request)}
+        with open(response_path, "w", encoding="utf-8") as f:
+            json.dump(response, f)
+        return
     started = time.perf_counter()
     llm = LLM(model=request["model"], disable_log_stats=False, **request["engine"])
     load_time = time.perf_counter() - started

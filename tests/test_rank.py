@@ -103,3 +103,16 @@ def test_official_scores_fit_an_estimate_once_two_exist(board, runs):
     ratio = sum(l * o for l, o in points) / sum(l * l for l, _ in points)
     assert fitted.fit == {"ratio": pytest.approx(ratio), "points": 2}
     assert entry(fitted, runs["fast"]).estimate == pytest.approx(ratio * local[runs["fast"]])
+
+
+def test_a_paired_speed_measurement_gives_a_controlled_score_beside_the_faithful_one(board, runs):
+    client = MlflowClient()
+    client.log_metric(runs["fast"], "speed_norm_paired", 0.1)
+    client.set_tag(runs["fast"], "speed.base_model", "tiny")
+    client.set_tag(runs["fast"], "speed.device", "CPU test")
+    client.set_tag(runs["base_a"], "exatrack.device", "CPU test")
+    experiment = mlflow.get_experiment_by_name("rank-test").experiment_id
+    fast = entry(build_board(evaluated_runs(client, experiment)), runs["fast"])
+    assert fast.paired == pytest.approx(0.5 * fast.score.perf_norm + 0.5 * 0.1)
+    client.set_tag(runs["fast"], "speed.device", "another GPU")
+    assert entry(build_board(evaluated_runs(client, experiment)), runs["fast"]).paired is None
