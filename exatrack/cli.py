@@ -41,10 +41,10 @@ def list_recipes():
     """List the compression recipes and their parameters."""
     for name, path in recipe_registry.available().items():
         recipe = recipe_registry.load(str(path))
-        click.echo(f"{name:<12} {recipe.description}")
+        click.echo(f"{name:<18} {recipe.description}")
         specs = {**recipe.params, **(recipe_registry.CALIBRATION_PARAMS if recipe.calibrate else {})}
         for param, spec in specs.items():
-            click.echo(f"{'':<14}{param}={spec.get('default')}  {spec.get('help', '')}")
+            click.echo(f"{'':<20}{param}={spec.get('default')}  {spec.get('help', '')}")
 
 
 @main.command()

@@ -6,6 +6,7 @@ against the source model on fixed held-out text (mean KL of the next-token distr
 agreement), which is cheap and catches a broken recipe before any benchmark runs.
 """
 
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -13,6 +14,8 @@ from pathlib import Path
 import yaml
 
 from exatrack import calibration, models, recipes, tracking
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint"
 
@@ -29,6 +32,11 @@ def quantize(model: str, recipe: str, params: dict, calib: str | None = None, pa
         calib = calibration.default_source(model) if calib in (None, "auto") else calib
         tracking.log_new_params({"model": model, "recipe": chosen.name, "calib": calib if chosen.calibrate else "none", **values})
         rendered = chosen.render(values)
+        mlflow.set_tags({f"exatrack.requires.{k}": str(v) for k, v in chosen.requires.items()})
+        if set(values.get("ignore") or []) - {"lm_head"}:
+            log.warning("ignore=%s keeps more than lm_head in bf16: mixed precision can cost speed in vLLM "
+                        "(measure it with `exatrack speed`)", ",".join(values["ignore"]))
+            mlflow.set_tag("exatrack.mixed_precision", "true")
         mlflow.log_text(yaml.safe_dump(rendered, sort_keys=False), "recipe.yaml")
         source = models.resolve(model)
         with tempfile.TemporaryDirectory() as tmp:

@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from exatrack import ExatrackError, models, serving, tracking
 from exatrack.bench import REGISTRY, content_hash, subset
@@ -63,6 +63,25 @@ def engine_args(settings: Settings) -> dict:
     return args
 
 
+def kv_cache_dtype_of(folder) -> str | None:
+    """The KV cache dtype the checkpoint's quantization_config was calibrated for, if any."""
+    config = json.loads((folder / "config.json").read_text())
+    scheme = (config.get("quantization_config") or {}).get("kv_cache_scheme") or {}
+    return "fp8" if scheme.get("type") == "float" and scheme.get("num_bits") == 8 else None
+
+
+def required_by_run(model: str) -> dict:
+    """Hardware the checkpoint's recipe needs, as its quantize run recorded it."""
+    import mlflow
+
+    run_id = models.run_id_of(model)
+    if not run_id:
+        return {}
+    tags = mlflow.get_run(run_id).data.tags
+    prefix = "exatrack.requires."
+    return {k[len(prefix):]: v for k, v in tags.items() if k.startswith(prefix)}
+
+
 def fingerprint(settings: Settings, rows: dict, response: dict) -> dict:
     return {
         "benchmarks": {name: {"rows": len(r), "content": content_hash(r)} for name, r in rows.items()},
@@ -91,15 +110,21 @@ def evaluate(model: str, settings: Settings, baseline: bool = False, parent_run_
     run_id = None if baseline else models.run_id_of(model)
     with tracking.run("baseline" if baseline else "evaluate", run_id=run_id, run_name="baseline" if baseline else None,
                       parent_run_id=parent_run_id) as active:
+        serving.check_requirements(required_by_run(model), model)
         names, sources = settings.names(), settings.sources()
         rows = {name: subset(REGISTRY[name].load(sources[name]), settings.limit) for name in names}
+        folder = models.resolve(model)
+        kv_needed = kv_cache_dtype_of(folder)
+        if kv_needed and settings.kv_cache_dtype == "auto":
+            settings = replace(settings, kv_cache_dtype=kv_needed)  # pass it explicitly: vLLM must use it
         request = {
             "engine": engine_args(settings),
             "thinking": settings.thinking,
             "sampling": {"temperature": 0.0, "max_tokens": settings.max_tokens},
             "benchmarks": {name: REGISTRY[name].conversations(r, settings.greedy) for name, r in rows.items()},
         }
-        response = serving.generate(models.resolve(model), request)
+        response = serving.generate(folder, request)
+        check_kv_cache(settings, response)
         results = {name: REGISTRY[name].score(rows[name], response["benchmarks"][name]["answers"]) for name in names}
         print_ = fingerprint(settings, rows, response)
         log_evaluation(model, settings, baseline, sources, rows, response, results, print_)
@@ -108,6 +133,16 @@ def evaluate(model: str, settings: Settings, baseline: bool = False, parent_run_
 
             mlflow.set_tag("exatrack.base_key", eval_key(model, settings))
         return active.info.run_id
+
+
+def check_kv_cache(settings: Settings, response: dict) -> None:
+    """The team's FP8-KV attempt silently ran with a bf16 cache: say so when vLLM used another dtype."""
+    import mlflow
+
+    asked, used = settings.kv_cache_dtype, response["kv_cache_dtype"]
+    if asked != "auto" and not used.startswith(asked):
+        log.warning("asked vLLM for a %s KV cache but it used %s", asked, used)
+        mlflow.set_tag("exatrack.kv_cache_mismatch", f"asked {asked}, vLLM used {used}")
 
 
 def log_evaluation(model, settings, baseline, sources, rows, response, results, print_) -> None:

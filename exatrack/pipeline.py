@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from exatrack import ExatrackError, compress, evaluate, tracking
+from exatrack import ExatrackError, compress, evaluate, recipes, serving, tracking
 from exatrack.rank import REGISTERED_MODEL, markdown, rank
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,8 @@ def adopt(client, run, parent_id: str) -> None:
 
 
 def run_lane(name: str, spec: dict, model: str, calib: str | None, settings, lane_key: str, parent_id: str) -> str:
+    """Refuse a lane this machine cannot serve before compressing anything, then quantize and evaluate."""
+    serving.check_requirements(recipes.load(spec["recipe"]).requires, f"lane {name} (recipe {spec['recipe']})")
     params = {k: str(v) for k, v in spec.items() if k != "recipe"}
     tags = {"exatrack.lane": name, "exatrack.lane_key": lane_key}
     run_id = compress.quantize(model, spec["recipe"], params, calib, parent_run_id=parent_id, tags=tags)

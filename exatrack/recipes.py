@@ -16,8 +16,8 @@ from exatrack import ExatrackError
 
 PROJECT_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 PLACEHOLDER = re.compile(r"^\$\{(\w+)\}$")
-BOUND = {"gt": operator.gt, "lt": operator.lt, "ge": operator.ge}
-SYMBOL = {"gt": ">", "lt": "<", "ge": ">="}
+BOUND = {"gt": operator.gt, "lt": operator.lt, "ge": operator.ge, "le": operator.le}
+SYMBOL = {"gt": ">", "lt": "<", "ge": ">=", "le": "<="}
 
 # Parameters of every calibrated recipe; they steer the calibration data, not the recipe body.
 CALIBRATION_PARAMS = {
@@ -35,6 +35,7 @@ class Recipe:
     calibrate: bool
     params: dict
     body: dict
+    requires: dict  # e.g. {"compute_capability": 9.0}: where the checkpoint can be served at all
 
     def resolve_params(self, given: dict) -> dict:
         """Recipe defaults overlaid with the user's values, each checked; None means 'use the default'.
@@ -127,6 +128,7 @@ def load(name_or_path: str) -> Recipe:
         calibrate=bool(data.get("calibrate", True)),
         params=params,
         body=data["recipe"],
+        requires=data.get("requires") or {},
     )
 
 

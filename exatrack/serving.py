@@ -30,6 +30,29 @@ def has_gpu() -> bool:
     return shutil.which("nvidia-smi") is not None
 
 
+def compute_capability() -> float | None:
+    """The GPU's compute capability (9.0 on Hopper), or None without a GPU."""
+    if not has_gpu():
+        return None
+    out = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True, text=True)
+    try:
+        return float(out.stdout.split()[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def check_requirements(requires: dict, what: str) -> None:
+    """Refuse early, before any engine starts, what this machine's vLLM cannot serve."""
+    needed = requires.get("compute_capability")
+    if needed is None:
+        return
+    have = compute_capability()
+    if have is None or have < float(needed):
+        machine = "this machine has no GPU" if have is None else f"this GPU has {have}"
+        raise ExatrackError(f"{what} needs a GPU of compute capability {needed}+ for vLLM's kernels and {machine}; "
+                            "evaluate it on such a GPU (e.g. an H100)")
+
+
 def spec() -> str:
     return os.environ.get("EXATRACK_SERVING_SPEC") or (GPU_SPEC if has_gpu() else CPU_SPEC)
 
