@@ -65,6 +65,23 @@ def quantize(model, recipe, calib, **params):
     click.echo(f"quantize finished: run {run_id}, checkpoint runs:/{run_id}/{CHECKPOINT}")
 
 
+@main.command()
+@option("model", default=DEFAULT_MODEL, show_default=True, help="hub id, folder, tiny, runs:/... or models:/...")
+@option("drop", default=0, type=int, show_default=True, help="decoder layers to drop (the least important)")
+@option("keep", default=0, type=int, show_default=True, help="or: decoder layers to keep")
+@option("ffn", default=0, type=int, show_default=True, help="narrow every FFN to this intermediate size; 0 = keep")
+@option("calib", default="auto", show_default=True, help="text for the importances: hub id, file, sample, or auto")
+@option("num_samples", default=64, type=int, show_default=True, help="calibration samples")
+@option("max_seq_len", default=512, type=int, show_default=True, help="tokens per calibration sample")
+@option("seed", default=0, type=int, show_default=True, help="seed for choosing calibration samples")
+def prune(model, drop, keep, ffn, calib, num_samples, max_seq_len, seed):
+    """Drop the least important layers (Block Influence) and optionally narrow the FFNs."""
+    from exatrack.prune import prune as run_prune
+
+    run_id = run_prune(model, drop, keep, ffn, calib, num_samples, max_seq_len, seed)
+    click.echo(f"prune finished: run {run_id}, checkpoint runs:/{run_id}/checkpoint")
+
+
 def evaluation_options(command):
     """The options `evaluate` and `baseline` share, one per field of evaluate.Settings."""
     from exatrack.evaluate import ALL

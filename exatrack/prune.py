@@ -1,0 +1,128 @@
+"""`prune`: drop the least important decoder layers (Block Influence) and optionally narrow the FFNs,
+into a normal EXAONE-4 checkpoint that vLLM loads (config and layer indices updated).
+
+Block Influence of a layer = 1 - mean cosine similarity of its input and output hidden states on
+calibration text: a layer that barely turns the residual stream matters least. FFN width pruning
+keeps, in every layer, the intermediate channels with the largest mean |activation| at down_proj's
+input.
+"""
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from exatrack import ExatrackError, calibration, compress, models, tracking
+
+
+def layer_statistics(model, batches) -> tuple[list[float], list]:
+    """Per layer: Block Influence, and the mean |activation| of each intermediate channel."""
+    import torch
+
+    layers = model.model.layers
+    cos_sum, tokens = [0.0] * len(layers), 0
+    act_sum = [torch.zeros(layer.mlp.down_proj.in_features) for layer in layers]
+    hooks = []
+    for i, layer in enumerate(layers):
+        def influence(module, args, output, i=i):
+            h_in, h_out = args[0].float(), (output[0] if isinstance(output, tuple) else output).float()
+            cos_sum[i] += torch.nn.functional.cosine_similarity(h_in, h_out, dim=-1).sum().item()
+
+        def activation(module, args, i=i):
+            act_sum[i] += args[0].float().abs().reshape(-1, args[0].shape[-1]).sum(0)
+
+        hooks += [layer.register_forward_hook(influence), layer.mlp.down_proj.register_forward_pre_hook(activation)]
+    with torch.inference_mode():
+        for ids in batches:
+            model(ids)
+            tokens += ids.numel()
+    for hook in hooks:
+        hook.remove()
+    return [1 - c / tokens for c in cos_sum], [a / tokens for a in act_sum]
+
+
+def drop_layers(model, drop: list[int]) -> None:
+    import torch
+
+    kept = [layer for i, layer in enumerate(model.model.layers) if i not in drop]
+    for index, layer in enumerate(kept):
+        layer.self_attn.layer_idx = index
+    model.model.layers = torch.nn.ModuleList(kept)
+    config = model.config
+    config.layer_types = [t for i, t in enumerate(config.layer_types) if i not in drop]
+    config.num_hidden_layers = len(kept)
+
+
+def narrow_ffn(model, activations: list, width: int) -> None:
+    import torch
+
+    for layer, act in zip(model.model.layers, activations):
+        keep = torch.topk(act, width).indices.sort().values
+        mlp = layer.mlp
+        for name in ("gate_proj", "up_proj"):
+            linear = getattr(mlp, name)
+            slim = torch.nn.Linear(linear.in_features, width, bias=False, dtype=linear.weight.dtype)
+            slim.weight.data = linear.weight.data[keep].clone()
+            setattr(mlp, name, slim)
+        slim = torch.nn.Linear(width, mlp.down_proj.out_features, bias=False, dtype=mlp.down_proj.weight.dtype)
+        slim.weight.data = mlp.down_proj.weight.data[:, keep].clone()
+        mlp.down_proj = slim
+    model.config.intermediate_size = width
+
+
+def plot(importance: list[float], dropped: list[int]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.bar(range(len(importance)), importance, color=["tab:red" if i in dropped else "tab:blue" for i in range(len(importance))])
+    ax.set_xlabel("layer")
+    ax.set_ylabel("Block Influence (1 - cos)")
+    ax.set_title("layer importance on calibration text (red: dropped)")
+    fig.tight_layout()
+    return fig
+
+
+def prune(model: str, drop: int = 0, keep: int = 0, ffn: int = 0, calib: str | None = None, num_samples: int = 64,
+          max_seq_len: int = 512, seed: int = 0, parent_run_id: str | None = None, tags: dict | None = None) -> str:
+    import mlflow
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with tracking.run("prune", run_name=(tags or {}).get("exatrack.lane", "prune"), parent_run_id=parent_run_id,
+                      tags=tags) as active:
+        calib = calibration.default_source(model) if calib in (None, "auto") else calib
+        tracking.log_new_params({"model": model, "drop": drop, "keep": keep, "ffn": ffn, "calib": calib,
+                                 "num_samples": num_samples, "max_seq_len": max_seq_len, "seed": seed})
+        source = models.resolve(model)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        net = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+        layers = len(net.model.layers)
+        count = layers - keep if keep else drop
+        if not 0 <= count < layers or (drop and keep):
+            raise ExatrackError(f"drop={drop} keep={keep}: give one of them, leaving between 1 and {layers} of the "
+                                f"model's {layers} layers")
+        if ffn and not 0 < ffn < net.config.intermediate_size:
+            raise ExatrackError(f"ffn={ffn} must be below the model's intermediate size {net.config.intermediate_size}")
+        started = time.perf_counter()
+        data = calibration.tokenized_dataset(calib, tokenizer, num_samples, max_seq_len, seed)
+        importance, activations = layer_statistics(net, [torch.tensor([ids]) for ids in data["input_ids"]])
+        dropped = sorted(sorted(range(layers), key=lambda i: importance[i])[:count])
+        drop_layers(net, dropped)
+        if ffn:
+            narrow_ffn(net, [a for i, a in enumerate(activations) if i not in dropped], ffn)
+        mlflow.log_metrics({f"importance.layer_{i:02d}": v for i, v in enumerate(importance)})
+        mlflow.log_metric("prune_time_s", time.perf_counter() - started)
+        mlflow.log_dict({"importance": importance, "dropped": dropped, "ffn": ffn}, "prune.json")
+        mlflow.log_figure(plot(importance, dropped), "layer_importance.png")
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = Path(tmp) / compress.CHECKPOINT
+            net.to(torch.bfloat16).save_pretrained(checkpoint)
+            tokenizer.save_pretrained(checkpoint)
+            mlflow.log_metrics(compress.size_metrics(source, checkpoint))
+            mlflow.log_metrics(compress.quality_proxy(source, checkpoint))
+            tracking.log_folder(checkpoint, compress.CHECKPOINT)
+        mlflow.set_tag("exatrack.pruned_layers", json.dumps(dropped))
+        return active.info.run_id
