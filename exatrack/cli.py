@@ -6,6 +6,7 @@ import click
 
 from exatrack import recipes as recipe_registry
 from exatrack.models import DEFAULT_MODEL
+from exatrack.rank import REGISTERED_MODEL
 
 
 
@@ -137,7 +138,7 @@ def speed(model, base, workloads, rounds, eager):
 
 
 @main.command()
-@option("registered_model", default="EXAONE-4.0-1.2B-exatrack", show_default=True, help="registry name; must begin with EXAONE")
+@option("registered_model", default=REGISTERED_MODEL, show_default=True, help="registry name; must begin with EXAONE")
 def rank(registered_model):
     """Score every evaluated run against its base, log a leaderboard, point `champion` at the best."""
     from exatrack.rank import markdown, rank as run_rank
@@ -161,7 +162,7 @@ def record_official(run_id, score):
 
 @main.command()
 @option("version", default="champion", show_default=True, help="a version number or an alias")
-@option("registered_model", default="EXAONE-4.0-1.2B-exatrack", show_default=True, help="registry name")
+@option("registered_model", default=REGISTERED_MODEL, show_default=True, help="registry name")
 @option("out", default="submit.zip", show_default=True, help="where to write the submission zip")
 @option("verify", default="files", show_default=True, type=click.Choice(["files", "vllm"]), help="vllm: also load and generate")
 def promote(version, registered_model, out, verify):
@@ -178,7 +179,7 @@ def promote(version, registered_model, out, verify):
 @option("only", default=None, help="comma-separated lanes to run (default: all)")
 @option("calib", default="auto", show_default=True, help="calibration data for every lane")
 @option("force", default=False, type=bool, show_default=True, help="redo lanes and baseline even if done")
-@option("registered_model", default="EXAONE-4.0-1.2B-exatrack", show_default=True, help="registry name")
+@option("registered_model", default=REGISTERED_MODEL, show_default=True, help="registry name")
 @option("out", default="submit.zip", show_default=True, help="where to write the submission zip")
 @option("verify", default="files", show_default=True, type=click.Choice(["files", "vllm"]), help="vllm: also load the package")
 def pipeline(model, lanes, only, calib, force, registered_model, out, verify, **settings):

@@ -55,7 +55,7 @@ class Settings:
 
 
 def engine_args(settings: Settings) -> dict:
-    args = {"seed": 0, "gpu_memory_utilization": 0.85 if serving.has_gpu() else 0.3, "enforce_eager": settings.eager}
+    args = {"seed": 0, "gpu_memory_utilization": serving.memory_share(), "enforce_eager": settings.eager}
     if settings.max_model_len:
         args["max_model_len"] = settings.max_model_len
     if settings.kv_cache_dtype != "auto":

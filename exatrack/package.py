@@ -62,7 +62,7 @@ def check(folder: Path) -> list[str]:
 def verify_with_vllm(folder: Path) -> str:
     from exatrack import serving
 
-    request = {"engine": {"seed": 0, "gpu_memory_utilization": 0.85 if serving.has_gpu() else 0.3, "enforce_eager": True},
+    request = {"engine": {"seed": 0, "gpu_memory_utilization": serving.memory_share(), "enforce_eager": True},
                "thinking": False, "sampling": {"temperature": 0.0, "max_tokens": 16},
                "benchmarks": {"smoke": [{"turns": ["한국의 수도는 어디인가요?"]}]}}
     answer = serving.generate(folder, request)["benchmarks"]["smoke"]

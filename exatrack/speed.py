@@ -65,7 +65,7 @@ def request(named: dict, workloads: list[dict], rounds: int, eager: bool) -> dic
     from exatrack import serving
 
     longest = max(w["prompt_tokens"] + w["output_tokens"] for w in workloads) + 16
-    share = (0.85 if serving.has_gpu() else 0.3) / len(named)
+    share = serving.memory_share() / len(named)
     engine = {"seed": 0, "gpu_memory_utilization": share, "enforce_eager": eager, "max_model_len": longest}
     return {"mode": "speed", "rounds": rounds, "workloads": workloads,
             "token_range": token_range(next(iter(named.values()))),

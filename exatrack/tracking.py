@@ -73,9 +73,8 @@ def log_new_params(params: dict) -> None:
     mlflow.log_params({k: v for k, v in params.items() if k not in held})
 
 
-def log_folder(folder: Path, artifact_path: str) -> str:
-    """Log a folder and return its artifact URI (the `runs:/` form other commands take)."""
+def log_folder(folder: Path, artifact_path: str) -> None:
+    """Log a folder; other commands then take it as runs:/<run id>/<artifact_path>."""
     import mlflow
 
     mlflow.log_artifacts(str(folder), artifact_path)
-    return f"runs:/{mlflow.active_run().info.run_id}/{artifact_path}"

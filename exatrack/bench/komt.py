@@ -6,7 +6,6 @@ Korean gets sqrt(rating) (questions 138 and 140 ask for non-Korean output and ar
 judge, or when the judge keeps failing, the benchmark is reported as skipped, never as 0.
 """
 
-import json
 import logging
 import os
 import re
