@@ -4,10 +4,15 @@ same parameter names; heavy libraries (torch, llmcompressor, vLLM) are imported 
 
 import click
 
+from exatrack import distill as distill_step
+from exatrack import prune as prune_step
 from exatrack import recipes as recipe_registry
+from exatrack import sft as sft_step
 from exatrack.models import DEFAULT_MODEL
 from exatrack.rank import REGISTERED_MODEL
 
+MODEL_HELP = "hub id, folder, tiny, runs:/... or models:/..."
+CALIB_HELP = "text to use: hub id, jsonl/json/parquet file, sample, or auto (sample for tiny, else MANTA-1M)"
 
 
 def option(name: str, **kwargs):
@@ -49,14 +54,14 @@ def list_recipes():
 
 
 @main.command()
-@option("model", default=DEFAULT_MODEL, show_default=True, help="hub id, folder, tiny, runs:/... or models:/...")
+@option("model", default=DEFAULT_MODEL, show_default=True, help=MODEL_HELP)
 @option("recipe", default="w8a8", show_default=True, help="recipe name (see `exatrack recipes`) or YAML path")
 @option("damp", default=None, help="GPTQ dampening fraction, in (0, 1)")
 @option("actorder", default=None, help="GPTQ activation ordering")
 @option("ignore", default=None, help="modules kept unquantized, comma-separated")
 @option("num_samples", default="512", show_default=True, help="calibration samples")
 @option("max_seq_len", default="2048", show_default=True, help="tokens per calibration sample")
-@option("calib", default="auto", show_default=True, help="calibration data: hub id, jsonl/json/parquet file, sample, or auto (sample for tiny, else MANTA-1M)")
+@option("calib", default="auto", show_default=True, help=CALIB_HELP)
 @option("seed", default="0", show_default=True, help="seed for choosing calibration samples")
 def quantize(model, recipe, calib, **params):
     """Compress a model with a recipe, tracked as one MLflow run."""
@@ -66,21 +71,39 @@ def quantize(model, recipe, calib, **params):
     click.echo(f"quantize finished: run {run_id}, checkpoint runs:/{run_id}/{CHECKPOINT}")
 
 
-@main.command()
-@option("model", default=DEFAULT_MODEL, show_default=True, help="hub id, folder, tiny, runs:/... or models:/...")
-@option("drop", default=0, type=int, show_default=True, help="decoder layers to drop (the least important)")
-@option("keep", default=0, type=int, show_default=True, help="or: decoder layers to keep")
-@option("ffn", default=0, type=int, show_default=True, help="narrow every FFN to this intermediate size; 0 = keep")
-@option("calib", default="auto", show_default=True, help="text for the importances: hub id, file, sample, or auto")
-@option("num_samples", default=64, type=int, show_default=True, help="calibration samples")
-@option("max_seq_len", default=512, type=int, show_default=True, help="tokens per calibration sample")
-@option("seed", default=0, type=int, show_default=True, help="seed for choosing calibration samples")
-def prune(model, drop, keep, ffn, calib, num_samples, max_seq_len, seed):
-    """Drop the least important layers (Block Influence) and optionally narrow the FFNs."""
-    from exatrack.prune import prune as run_prune
+def step_options(specs: dict):
+    """One option per parameter of a step, from the step's own spec: one place for defaults and help."""
+    def decorate(command):
+        for name, spec in reversed(specs.items()):
+            command = option(name, default=spec["default"], type=type(spec["default"]), show_default=True,
+                             help=spec["help"])(command)
+        command = option("calib", default="auto", show_default=True, help=CALIB_HELP)(command)
+        return option("model", default=DEFAULT_MODEL, show_default=True, help=MODEL_HELP)(command)
+    return decorate
 
-    run_id = run_prune(model, drop, keep, ffn, calib, num_samples, max_seq_len, seed)
+
+@main.command()
+@step_options(prune_step.PARAMS)
+def prune(model, calib, **params):
+    """Drop the least important layers (Block Influence) and optionally narrow the FFNs."""
+    run_id = prune_step.prune(model, params, calib)
     click.echo(f"prune finished: run {run_id}, checkpoint runs:/{run_id}/checkpoint")
+
+
+@main.command()
+@step_options(distill_step.PARAMS)
+def distill(model, calib, **params):
+    """Train a student (e.g. a pruned model) on its teacher's next-token distributions."""
+    run_id = distill_step.distill(model, params, calib)
+    click.echo(f"distill finished: run {run_id}, checkpoint runs:/{run_id}/checkpoint")
+
+
+@main.command()
+@step_options(sft_step.PARAMS)
+def sft(model, calib, **params):
+    """LoRA fine-tuning on chat data, merged back into a plain checkpoint."""
+    run_id = sft_step.sft(model, params, calib)
+    click.echo(f"sft finished: run {run_id}, checkpoint runs:/{run_id}/checkpoint")
 
 
 def evaluation_options(command):
@@ -88,7 +111,7 @@ def evaluation_options(command):
     from exatrack.evaluate import ALL
 
     for decorator in reversed([
-        option("model", default=DEFAULT_MODEL, show_default=True, help="hub id, folder, tiny, runs:/... or models:/..."),
+        option("model", default=DEFAULT_MODEL, show_default=True, help=MODEL_HELP),
         option("benchmarks", default=ALL, show_default=True, help="comma-separated benchmark names"),
         option("data", default="hub", show_default=True, help="hub or sample, then name=path overrides, e.g. hub,kmmlu_redux=redux.jsonl"),
         option("limit", default=0, type=int, show_default=True, help="rows per benchmark (a fixed subset); 0 = all"),
@@ -183,7 +206,7 @@ def promote(version, registered_model, out, verify):
 @option("out", default="submit.zip", show_default=True, help="where to write the submission zip")
 @option("verify", default="files", show_default=True, type=click.Choice(["files", "vllm"]), help="vllm: also load the package")
 def pipeline(model, lanes, only, calib, force, registered_model, out, verify, **settings):
-    """Baseline, every lane through quantize and evaluate, then rank and promote; resumable."""
+    """Baseline, every lane through its steps and evaluate, then rank and promote; resumable."""
     from exatrack.evaluate import Settings
     from exatrack.pipeline import pipeline as run_pipeline
     from exatrack.rank import markdown

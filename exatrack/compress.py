@@ -29,25 +29,50 @@ def quantize(model: str, recipe: str, params: dict, calib: str | None = None, pa
     with tracking.run("quantize", run_name=run_name, parent_run_id=parent_run_id, tags=tags) as active:
         chosen = recipes.load(recipe)
         values = chosen.resolve_params(params)
-        calib = calibration.default_source(model) if calib in (None, "auto") else calib
+        calib = calibration.choose(calib, model)
         tracking.log_new_params({"model": model, "recipe": chosen.name, "calib": calib if chosen.calibrate else "none", **values})
         rendered = chosen.render(values)
-        mlflow.set_tags({f"exatrack.requires.{k}": str(v) for k, v in chosen.requires.items()})
+        chosen.check_packages()
+        if "compute_capability" in chosen.requires:
+            mlflow.set_tag("exatrack.requires.compute_capability", str(chosen.requires["compute_capability"]))
         if set(values.get("ignore") or []) - {"lm_head"}:
             log.warning("ignore=%s keeps more than lm_head in bf16: mixed precision can cost speed in vLLM "
                         "(measure it with `exatrack speed`)", ",".join(values["ignore"]))
             mlflow.set_tag("exatrack.mixed_precision", "true")
         mlflow.log_text(yaml.safe_dump(rendered, sort_keys=False), "recipe.yaml")
         source = models.resolve(model)
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = Path(tmp) / CHECKPOINT
+
+        def write(folder: Path) -> None:
             started = time.perf_counter()
-            compress(source, rendered, checkpoint, calib if chosen.calibrate else None, values)
+            compress(source, rendered, folder, calib if chosen.calibrate else None, values)
             mlflow.log_metric("compress_time_s", time.perf_counter() - started)
-            mlflow.log_metrics(size_metrics(source, checkpoint))
-            mlflow.log_metrics(quality_proxy(source, checkpoint))
-            tracking.log_folder(checkpoint, CHECKPOINT)
+
+        log_checkpoint(model, source, write)
         return active.info.run_id
+
+
+def log_checkpoint(model: str, source: Path, write, reference: Path | None = None) -> None:
+    """Write a checkpoint with `write(folder)` and log it with its size and quality proxy (against
+    `reference`, else `source`). Every step that makes a checkpoint (quantize, prune, distill, sft)
+    leaves this same record, and names the uncompressed model it derives from, so that `rank` scores
+    the end of a chain prune -> distill -> quantize against that model's base."""
+    import mlflow
+
+    mlflow.set_tag(models.SOURCE_MODEL, models.source_model(model))
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = Path(tmp) / CHECKPOINT
+        write(checkpoint)
+        mlflow.log_metrics(size_metrics(source, checkpoint))
+        mlflow.log_metrics(quality_proxy(reference or source, checkpoint))
+        tracking.log_folder(checkpoint, CHECKPOINT)
+
+
+def save_bf16(model, tokenizer, folder: Path) -> None:
+    """A plain checkpoint in the source's dtype, for the steps that train or cut in float32."""
+    import torch
+
+    model.to(torch.bfloat16).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 def compress(source: Path, recipe: dict, out: Path, calib: str | None, values: dict) -> None:

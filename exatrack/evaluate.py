@@ -18,6 +18,7 @@ from exatrack.bench import REGISTRY, content_hash, subset
 
 log = logging.getLogger(__name__)
 ALL = "kmmlu_pro,kmmlu_redux,ko_longrag,komt_bench"
+EVAL_KEY = "exatrack.eval_key"  # the tag naming what an evaluation measured with (see eval_key)
 
 
 @dataclass(frozen=True)
@@ -128,10 +129,9 @@ def evaluate(model: str, settings: Settings, baseline: bool = False, parent_run_
         results = {name: REGISTRY[name].score(rows[name], response["benchmarks"][name]["answers"]) for name in names}
         print_ = fingerprint(settings, rows, response)
         log_evaluation(model, settings, baseline, sources, rows, response, results, print_)
-        if baseline:
-            import mlflow
+        import mlflow
 
-            mlflow.set_tag("exatrack.base_key", eval_key(model, settings))
+        mlflow.set_tag(EVAL_KEY, eval_key(model, settings))
         return active.info.run_id
 
 
@@ -174,7 +174,7 @@ def log_evaluation(model, settings, baseline, sources, rows, response, results, 
         **{f"{name}.{key}": str(value) for name, r in results.items() for key, value in r.notes.items()},
     }
     if baseline:
-        tags.update({"exatrack.base": "true", "exatrack.source_model": model})
+        tags.update({"exatrack.base": "true", models.SOURCE_MODEL: model})
     mlflow.set_tags({k: tracking.redact(v) for k, v in tags.items()})
     mlflow.log_dict(print_, "fingerprint.json")
     for name, result in results.items():

@@ -10,6 +10,7 @@ from pathlib import Path
 from exatrack import ExatrackError
 
 DEFAULT_MODEL = "LGAI-EXAONE/EXAONE-4.0-1.2B"
+SOURCE_MODEL = "exatrack.source_model"  # the tag naming the uncompressed model a run's checkpoint derives from
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 # What vLLM needs from a checkpoint; weights, config, tokenizer and templates, nothing else.
 CHECKPOINT_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]
@@ -64,3 +65,13 @@ def run_id_of(ref: str) -> str | None:
     """The run a `runs:/` reference points into, so results can be logged next to the checkpoint."""
     match = re.match(r"^runs:/([0-9a-f]+)/", ref)
     return match.group(1) if match else None
+
+
+def source_model(ref: str) -> str:
+    """The uncompressed model a reference derives from, followed back through the runs that made it."""
+    run_id = run_id_of(ref)
+    if not run_id:
+        return ref
+    import mlflow
+
+    return mlflow.get_run(run_id).data.tags.get(SOURCE_MODEL, ref)

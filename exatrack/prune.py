@@ -7,12 +7,11 @@ keeps, in every layer, the intermediate channels with the largest mean |activati
 input.
 """
 
+import functools
 import json
-import tempfile
 import time
-from pathlib import Path
 
-from exatrack import ExatrackError, calibration, compress, models, tracking
+from exatrack import ExatrackError, calibration, compress, models, recipes, tracking
 
 
 def layer_statistics(model, batches) -> tuple[list[float], list]:
@@ -85,29 +84,39 @@ def plot(importance: list[float], dropped: list[int]):
     return fig
 
 
-def prune(model: str, drop: int = 0, keep: int = 0, ffn: int = 0, calib: str | None = None, num_samples: int = 64,
-          max_seq_len: int = 512, seed: int = 0, parent_run_id: str | None = None, tags: dict | None = None) -> str:
+PARAMS = {
+    "drop": {"default": 0, "ge": 0, "help": "decoder layers to drop (the least important)"},
+    "keep": {"default": 0, "ge": 0, "help": "or: decoder layers to keep"},
+    "ffn": {"default": 0, "ge": 0, "help": "narrow every FFN to this intermediate size; 0 = keep"},
+    "num_samples": {"default": 64, "ge": 1, "help": "calibration samples"},
+    "max_seq_len": {"default": 512, "ge": 16, "help": "tokens per calibration sample"},
+    "seed": {"default": 0, "help": "seed for choosing calibration samples"},
+}
+
+
+def prune(model: str, params: dict, calib: str | None = None, parent_run_id: str | None = None,
+          tags: dict | None = None) -> str:
     import mlflow
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with tracking.run("prune", run_name=(tags or {}).get("exatrack.lane", "prune"), parent_run_id=parent_run_id,
                       tags=tags) as active:
-        calib = calibration.default_source(model) if calib in (None, "auto") else calib
-        tracking.log_new_params({"model": model, "drop": drop, "keep": keep, "ffn": ffn, "calib": calib,
-                                 "num_samples": num_samples, "max_seq_len": max_seq_len, "seed": seed})
+        values = recipes.resolve_values(PARAMS, params, "prune", "see `exatrack prune --help`")
+        calib = calibration.choose(calib, model)
+        tracking.log_new_params({"model": model, "calib": calib, **values})
         source = models.resolve(model)
         tokenizer = AutoTokenizer.from_pretrained(source)
         net = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
-        layers = len(net.model.layers)
+        layers, drop, keep, ffn = len(net.model.layers), values["drop"], values["keep"], values["ffn"]
         count = layers - keep if keep else drop
         if not 0 <= count < layers or (drop and keep):
             raise ExatrackError(f"drop={drop} keep={keep}: give one of them, leaving between 1 and {layers} of the "
                                 f"model's {layers} layers")
-        if ffn and not 0 < ffn < net.config.intermediate_size:
+        if ffn and not ffn < net.config.intermediate_size:
             raise ExatrackError(f"ffn={ffn} must be below the model's intermediate size {net.config.intermediate_size}")
         started = time.perf_counter()
-        data = calibration.tokenized_dataset(calib, tokenizer, num_samples, max_seq_len, seed)
+        data = calibration.tokenized_dataset(calib, tokenizer, values["num_samples"], values["max_seq_len"], values["seed"])
         importance, activations = layer_statistics(net, [torch.tensor([ids]) for ids in data["input_ids"]])
         dropped = sorted(sorted(range(layers), key=lambda i: importance[i])[:count])
         drop_layers(net, dropped)
@@ -117,12 +126,6 @@ def prune(model: str, drop: int = 0, keep: int = 0, ffn: int = 0, calib: str | N
         mlflow.log_metric("prune_time_s", time.perf_counter() - started)
         mlflow.log_dict({"importance": importance, "dropped": dropped, "ffn": ffn}, "prune.json")
         mlflow.log_figure(plot(importance, dropped), "layer_importance.png")
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = Path(tmp) / compress.CHECKPOINT
-            net.to(torch.bfloat16).save_pretrained(checkpoint)
-            tokenizer.save_pretrained(checkpoint)
-            mlflow.log_metrics(compress.size_metrics(source, checkpoint))
-            mlflow.log_metrics(compress.quality_proxy(source, checkpoint))
-            tracking.log_folder(checkpoint, compress.CHECKPOINT)
         mlflow.set_tag("exatrack.pruned_layers", json.dumps(dropped))
+        compress.log_checkpoint(model, source, functools.partial(compress.save_bf16, net, tokenizer))
         return active.info.run_id

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from exatrack import tracking
 from exatrack.bench import REGISTRY
+from exatrack.models import SOURCE_MODEL
 from exatrack.score import Measured, Score, Unscorable, challenge_score
 
 REGISTERED_MODEL = "EXAONE-4.0-1.2B-exatrack"  # the EXAONE licence: a modified model's name begins with "EXAONE"
@@ -68,13 +69,14 @@ def evaluated_runs(client, experiment_id: str) -> list:
 
 
 def pick_base(run, bases: list):
-    """The newest base of the same fingerprint, and of the same source model where the run names one."""
+    """The newest base of the same fingerprint, and of the same source model where the run names one
+    (the model a chain of steps started from, not the step before)."""
     tags = run.data.tags
-    source = run.data.params.get("model") if tags.get("exatrack.kind") == "quantize" else None
+    source = tags.get(SOURCE_MODEL)
     for base in bases:  # newest first
         if base.data.tags["exatrack.fingerprint"] != tags["exatrack.fingerprint"]:
             continue
-        if source is None or base.data.tags.get("exatrack.source_model") == source:
+        if source is None or base.data.tags.get(SOURCE_MODEL) == source:
             return base
     return None
 
@@ -105,7 +107,7 @@ def paired_score(run, base, score: Score) -> float | None:
     """The same PerfNorm with the controlled SpeedNorm, when the run's speed was paired with its base
     model on the base's device."""
     tags, metrics = run.data.tags, run.data.metrics
-    same = (tags.get("speed.base_model") == base.data.tags.get("exatrack.source_model")
+    same = (tags.get("speed.base_model") == base.data.tags.get(SOURCE_MODEL)
             and tags.get("speed.device") == base.data.tags.get("exatrack.device"))
     if "speed_norm_paired" not in metrics or not same:
         return None

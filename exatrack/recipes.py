@@ -35,7 +35,7 @@ class Recipe:
     calibrate: bool
     params: dict
     body: dict
-    requires: dict  # e.g. {"compute_capability": 9.0}: where the checkpoint can be served at all
+    requires: dict  # {"compute_capability": 9.0}: where vLLM serves it; {"packages": {...}}: where it is written
 
     def resolve_params(self, given: dict) -> dict:
         """Recipe defaults overlaid with the user's values, each checked; None means 'use the default'.
@@ -44,16 +44,35 @@ class Recipe:
         data-free ones.
         """
         specs = {**self.params, **(CALIBRATION_PARAMS if self.calibrate else {})}
-        unknown = sorted(k for k, v in given.items() if v is not None and k not in specs and k not in CALIBRATION_PARAMS)
-        if unknown:
-            raise ExatrackError(
-                f"recipe '{self.name}' has no parameter {', '.join(unknown)}; "
-                f"its parameters are: {', '.join(specs) or 'none'} (see `exatrack recipes`)"
-            )
-        return {k: check_param(k, spec, given.get(k)) for k, spec in specs.items()}
+        given = {k: v for k, v in given.items() if k in specs or k not in CALIBRATION_PARAMS}
+        return resolve_values(specs, given, f"recipe '{self.name}'", "see `exatrack recipes`")
 
     def render(self, values: dict) -> dict:
         return substitute(self.body, values)
+
+    def check_packages(self) -> None:
+        """Refuse, before any work, a recipe whose checkpoint format this environment cannot write."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        from packaging.specifiers import SpecifierSet
+
+        for package, wanted in (self.requires.get("packages") or {}).items():
+            try:
+                have = version(package)
+            except PackageNotFoundError:
+                have = None
+            if have is None or not SpecifierSet(wanted).contains(have):
+                raise ExatrackError(f"recipe '{self.name}' needs {package}{wanted} to write its checkpoint and this "
+                                    f"environment has {have or 'none'}; compress it where {package}{wanted} is installed")
+
+
+def resolve_values(specs: dict, given: dict, owner: str, hint: str) -> dict:
+    """Defaults overlaid with the given values, each checked against its spec; None means 'use the default'."""
+    unknown = sorted(k for k, v in given.items() if v is not None and k not in specs)
+    if unknown:
+        raise ExatrackError(f"{owner} has no parameter {', '.join(unknown)}; its parameters are: "
+                            f"{', '.join(specs) or 'none'} ({hint})")
+    return {k: check_param(k, spec, given.get(k)) for k, spec in specs.items()}
 
 
 def check_param(name: str, spec: dict, value):

@@ -47,14 +47,21 @@ def compute_capability() -> float | None:
 
 
 def check_requirements(requires: dict, what: str) -> None:
-    """Refuse early, before any engine starts, what this machine's vLLM cannot serve."""
+    """Refuse early, before any engine starts, what this machine's vLLM cannot serve.
+
+    `compute_capability` is a bare number (that or newer) or a version specifier such as "==9.0"
+    (kernels that exist for one architecture only)."""
+    from packaging.specifiers import SpecifierSet
+
     needed = requires.get("compute_capability")
     if needed is None:
         return
+    wanted = str(needed) if str(needed)[0] in "<>=!~" else f">={needed}"
     have = compute_capability()
-    if have is None or have < float(needed):
+    if have is None or not SpecifierSet(wanted).contains(str(have)):
         machine = "this machine has no GPU" if have is None else f"this GPU has {have}"
-        raise ExatrackError(f"{what} needs a GPU of compute capability {needed}+ for vLLM's kernels and {machine}; "
+        shown = f"{needed}+" if wanted.startswith(">=") else wanted
+        raise ExatrackError(f"{what} needs a GPU of compute capability {shown} for vLLM's kernels and {machine}; "
                             "evaluate it on such a GPU (e.g. an H100)")
 
 

@@ -93,25 +93,77 @@ def test_unknown_lane_and_missing_file_are_clear_errors(lanes_file):
 
 def test_shipped_lanes_mirror_the_challenge_teams_best():
     lanes = load_lanes(str(REPO / "recipes" / "lanes.yaml"), None)
-    w8a8 = {(spec["damp"], spec["num_samples"]) for spec in lanes.values() if spec["recipe"] == "w8a8"}
+    single = [params for steps in lanes.values() if len(steps) == 1 for _, params in steps]
+    w8a8 = {(p["damp"], p["num_samples"]) for p in single if p["recipe"] == "w8a8"}
     assert w8a8 == {(d, n) for d in (0.01, 0.02, 0.05) for n in (512, 2048)}
-    assert {"w4a16", "fp8_dynamic", "fp8_static"} <= {spec["recipe"] for spec in lanes.values()}
+    assert {"w4a16", "fp8_dynamic", "fp8_static"} <= {p["recipe"] for p in single}
+    assert [step for step, _ in lanes["prune2-distill-w8a8"]] == ["prune", "distill", "quantize"]
+
+
+def test_a_malformed_chain_is_refused_before_anything_runs(tmp_path):
+    path = tmp_path / "lanes.yaml"
+    path.write_text(json.dumps({"lanes": {"odd": {"steps": [{"prune": {"drop": 1}}, {"squash": {}}]}}}))
+    with pytest.raises(ExatrackError, match="lane odd .* unknown step 'squash'; steps are quantize, prune, distill, sft"):
+        load_lanes(str(path), None)
+    path.write_text(json.dumps({"lanes": {"odd": {"steps": [{"quantize": {"damp": 0.01}}]}}}))
+    with pytest.raises(ExatrackError, match="its quantize step needs a recipe"):
+        load_lanes(str(path), None)
+
+
+TRAIN = {"num_samples": 16, "max_seq_len": 64}
+PRUNE_DISTILL = [{"prune": {"drop": 1, **SMALL}}, {"distill": TRAIN}]
+CHAINS = {
+    "prune-distill": {"steps": PRUNE_DISTILL},
+    "prune-distill-w8a8": {"steps": [*PRUNE_DISTILL, {"quantize": {"recipe": "w8a8", **SMALL}}]},
+    "sft": {"steps": [{"sft": TRAIN}]},
+}
+
+
+def kinds_made(experiment: str) -> list[str]:
+    runs = MlflowClient().search_runs([mlflow.get_experiment_by_name(experiment).experiment_id], "attributes.status = 'FINISHED'")
+    return sorted(r.data.tags["exatrack.kind"] for r in runs if r.data.tags["exatrack.kind"] in ("prune", "distill", "sft", "quantize"))
+
+
+def test_chained_lanes_share_their_common_prefix_and_resume(tiny_model, recorded, tmp_path):
+    mlflow.set_experiment("pipeline-chains")
+    lanes = tmp_path / "lanes.yaml"
+    lanes.write_text(json.dumps({"lanes": {name: CHAINS[name] for name in ("prune-distill-w8a8", "prune-distill")}}))
+    first = pipeline("tiny", str(lanes), SETTINGS, out=str(tmp_path / "a.zip"), model_name="EXAONE-chains")
+    assert first.lanes == {"prune-distill-w8a8": "done", "prune-distill": "done"}
+    assert kinds_made("pipeline-chains") == ["distill", "prune", "quantize"]  # the shorter lane reused the prefix
+    assert len(recorded.models) == 3  # baseline and both lane ends
+    chain = next(e for e in first.board.entries if e.name == "prune-distill-w8a8")
+    assert chain.score is not None and chain.run.data.tags["exatrack.source_model"] == "tiny"
+
+    again = pipeline("tiny", str(lanes), SETTINGS, out=str(tmp_path / "b.zip"), model_name="EXAONE-chains")
+    assert again.lanes == {"prune-distill-w8a8": "reused", "prune-distill": "reused"} and len(recorded.models) == 3
+    assert kinds_made("pipeline-chains") == ["distill", "prune", "quantize"]
+
+    forced = pipeline("tiny", str(lanes), SETTINGS, force=True, out=str(tmp_path / "c.zip"), model_name="EXAONE-chains")
+    assert forced.lanes == {"prune-distill-w8a8": "done", "prune-distill": "done"} and len(recorded.models) == 6
+    assert kinds_made("pipeline-chains") == ["distill", "distill", "prune", "prune", "quantize", "quantize"]
 
 
 @pytest.mark.vllm
-def test_one_lane_through_the_real_engine_ends_in_a_registered_checked_submission(tiny_model, tmp_path):
+def test_chained_lanes_through_the_real_engine_end_in_a_registered_checked_submission(tiny_model, tmp_path):
+    """One pipeline serves the checks of every step: the distilled and the LoRA-merged checkpoints are
+    evaluated as they are, and prune -> distill -> quantize(W8A8) is scored and ranked."""
     mlflow.set_experiment("pipeline-real")
     lanes = tmp_path / "lanes.yaml"
-    lanes.write_text(json.dumps({"lanes": {"w8a8": {"recipe": "w8a8", **SMALL}}}))
+    lanes.write_text(json.dumps({"lanes": CHAINS}))
     settings = Settings(benchmarks="kmmlu_pro,kmmlu_redux", data="sample", max_tokens=24, eager=True)
     done = pipeline("tiny", str(lanes), settings, out=str(tmp_path / "submit.zip"), model_name="EXAONE-pipeline-real")
+    assert done.lanes == {name: "done" for name in CHAINS}
     client = MlflowClient()
     for alias in ("champion", "submission"):
         assert client.get_model_version_by_alias("EXAONE-pipeline-real", alias)
-    lane = client.get_run(done.board.scored[0].run.info.run_id if not done.board.scored[0].is_base
-                          else done.board.scored[1].run.info.run_id)
-    base = client.get_run(lane.data.tags["base_run_id"])
+    entries = {e.name: e for e in done.board.entries}
+    assert {entries[name].run.data.tags["exatrack.kind"] for name in CHAINS} == {"distill", "quantize", "sft"}
+    for name in CHAINS:
+        run = entries[name].run
+        assert run.data.metrics["gen_tokens"] > 0 and entries[name].score is not None, name
+    lane, base = entries["prune-distill-w8a8"].run, client.get_run(entries["prune-distill-w8a8"].base_run_id)
     m, b = lane.data.metrics, base.data.metrics
     expected = max(0.5 * m["perf"] / b["perf"] + 0.5 * (1 - m["bench_sec_per_token"] / b["bench_sec_per_token"]), 0)
-    assert m["score"] == pytest.approx(expected)
+    assert entries["prune-distill-w8a8"].score.score == pytest.approx(expected)
     assert "model/model.safetensors" in zipfile.ZipFile(done.submission).namelist()

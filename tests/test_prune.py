@@ -11,7 +11,7 @@ from exatrack.evaluate import Settings
 
 @pytest.fixture(scope="module")
 def pruned(tiny_model):
-    return prune.prune("tiny", drop=1, ffn=256, num_samples=16, max_seq_len=64)
+    return prune.prune("tiny", {"drop": 1, "ffn": 256, "num_samples": 16, "max_seq_len": 64})
 
 
 def test_the_least_influential_layer_is_dropped_and_the_config_follows(pruned):
@@ -39,9 +39,9 @@ def test_the_pruned_checkpoint_reloads_with_narrow_ffns_and_renumbered_layers(pr
 
 def test_impossible_pruning_requests_are_refused(tiny_model):
     with pytest.raises(ExatrackError, match="leaving between 1 and 4"):
-        prune.prune("tiny", drop=4)
+        prune.prune("tiny", {"drop": 4})
     with pytest.raises(ExatrackError, match="must be below the model's intermediate size 512"):
-        prune.prune("tiny", ffn=600)
+        prune.prune("tiny", {"ffn": 600})
 
 
 @pytest.mark.vllm

@@ -10,9 +10,9 @@ from exatrack.rank import build_board, evaluated_runs, rank, record_official
 
 def evaluated(name, fingerprint, spt, base=False, source="tiny", checkpoint=None, **scores):
     tags = {"exatrack.fingerprint": fingerprint, "exatrack.perf_benchmarks": ",".join(scores),
-            "exatrack.kind": "baseline" if base else "quantize"}
+            "exatrack.kind": "baseline" if base else "quantize", "exatrack.source_model": source}
     if base:
-        tags.update({"exatrack.base": "true", "exatrack.source_model": source})
+        tags["exatrack.base"] = "true"
     with mlflow.start_run(run_name=name, tags=tags) as run:
         if not base:
             mlflow.log_params({"model": source, "recipe": name})

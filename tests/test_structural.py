@@ -7,7 +7,7 @@ import logging
 import mlflow
 import pytest
 
-from exatrack import ExatrackError, compress, evaluate, serving
+from exatrack import ExatrackError, compress, evaluate, recipes, serving
 from exatrack.evaluate import Settings
 from exatrack.pipeline import pipeline
 
@@ -119,3 +119,19 @@ def test_a_recipe_needing_a_hopper_gpu_is_refused_before_any_engine_starts(tiny_
     assert done.lanes["hopper"].startswith("failed: lane hopper") and "compute capability 9.0" in done.lanes["hopper"]
     assert not mlflow.search_runs(search_all_experiments=False, filter_string="tags.`exatrack.lane` = 'hopper'",
                                   experiment_names=["gated"], output_format="list")
+
+
+def test_the_2_4_recipe_is_refused_where_its_format_can_be_neither_written_nor_served(tiny_model, monkeypatch):
+    from importlib.metadata import version
+
+    with pytest.raises(ExatrackError, match=f"recipe 'sparse24_fp8' needs compressed-tensors<=0.14.0 to write its "
+                                            f"checkpoint and this environment has {version('compressed-tensors')}"):
+        compress.quantize("tiny", "sparse24_fp8", SMALL)
+    failed = mlflow.search_runs(filter_string="params.recipe = 'sparse24_fp8'", output_format="list")[0]
+    assert failed.info.status == "FAILED" and not mlflow.MlflowClient().list_artifacts(failed.info.run_id, "checkpoint")
+    requires = recipes.load("sparse24_fp8").requires
+    monkeypatch.setattr(serving, "compute_capability", lambda: 10.0)  # Blackwell: no 2:4 kernels
+    with pytest.raises(ExatrackError, match="compute capability ==9.0 for vLLM's kernels and this GPU has 10.0"):
+        serving.check_requirements(requires, "sparse24_fp8")
+    monkeypatch.setattr(serving, "compute_capability", lambda: 9.0)
+    serving.check_requirements(requires, "sparse24_fp8")  # Hopper passes
