@@ -9,6 +9,8 @@ needed. Steps (each one command; docs/benchmarks.md shows the calls on the lent 
            the bf16 checkpoint served with an FP8 KV cache), repeated to show the ratios repeat
   evalpass (vLLM env) one evaluation pass at the benchmarks' real volumes, synthetic prompts of
            realistic lengths and a fixed output budget
+  train    (llmcompressor env + peft) exatrack's own prune -> distill (online, top-64) and LoRA sft
+           of the full-size shape on random-token text: seconds, training tokens/s, peak GPU memory
   report   (here) the markdown table from the JSON the other steps wrote
 """
 
@@ -153,6 +155,60 @@ def evalpass(args):
     print(json.dumps(result))
 
 
+def train(args):
+    """Each part a fresh run of the real step, timed; results are written after every part."""
+    import os
+
+    import torch
+
+    out = Path(args.out)
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{out}/mlflow.db")
+    sys.path.insert(0, str(REPO))
+    import mlflow
+
+    from exatrack import distill, prune, sft
+
+    base, text = out / "bf16", out / "text.jsonl"
+    if not base.exists():
+        save_bf16(real_config(Path(args.config)), Path(args.config), base)
+    if not text.exists():  # random tokens: speed does not depend on what the text says
+        from transformers import AutoTokenizer
+
+        tokenizer, generator = AutoTokenizer.from_pretrained(base), torch.Generator().manual_seed(0)
+        rows = [tokenizer.decode(torch.randint(1000, len(tokenizer), (args.seq_len,), generator=generator))
+                for _ in range(args.samples)]
+        text.write_text("".join(json.dumps({"text": row}, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    result_file = Path(args.json)
+    cuda = torch.cuda.is_available()
+    result = json.loads(result_file.read_text()) if result_file.exists() else {"device": torch.cuda.get_device_name() if cuda else "cpu"}
+    shape = {"num_samples": args.samples, "max_seq_len": args.seq_len, "batch_size": args.batch}
+    pruned = lambda: f"runs:/{result['prune']['run_id']}/checkpoint"  # noqa: E731
+    parts = {
+        "prune": lambda: prune.prune(str(base), {"drop": 2, "num_samples": 64, "max_seq_len": args.seq_len}, str(text)),
+        "distill_online": lambda: distill.distill(pruned(), shape, str(text)),
+        "distill_top64": lambda: distill.distill(pruned(), {**shape, "top_k": 64}, str(text)),
+        "sft": lambda: sft.sft(str(base), shape, str(text)),
+    }
+    for name in args.parts.split(","):
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        try:
+            run_id = parts[name]()
+        except Exception as err:  # out of memory, say: keep it in the record and go on
+            result[name] = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
+            result_file.write_text(json.dumps(result, indent=1))
+            continue
+        metrics = mlflow.get_run(run_id).data.metrics
+        result[name] = {"run_id": run_id, "seconds": time.perf_counter() - started,
+                        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+                        **{k: metrics[k] for k in ("train_time_s", "train_blocks", "prune_time_s") if k in metrics}}
+        if "train_time_s" in metrics:
+            result[name]["train_tokens_per_s"] = metrics["train_blocks"] * args.seq_len / metrics["train_time_s"]
+        result_file.write_text(json.dumps(result, indent=1))
+        print(json.dumps({name: result[name]}), flush=True)
+
+
 def report(args):
     speed_runs = [json.loads(Path(p).read_text()) for p in args.speed]
     lines = []
@@ -173,7 +229,8 @@ def report(args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     steps = parser.add_subparsers(dest="step", required=True)
-    for name, func in (("build", build), ("gptq", gptq), ("speed", speed), ("evalpass", evalpass), ("report", report)):
+    for name, func in (("build", build), ("gptq", gptq), ("speed", speed), ("evalpass", evalpass), ("train", train),
+                       ("report", report)):
         step = steps.add_parser(name)
         step.set_defaults(func=func)
         step.add_argument("--out", default="/tmp/real_size")
@@ -187,6 +244,11 @@ def main():
     steps.choices["speed"].add_argument("--workloads", default="full", choices=["full", "quick"])
     steps.choices["evalpass"].add_argument("--variant", default="bf16")
     steps.choices["evalpass"].add_argument("--mcqa-tokens", type=int, default=256)
+    steps.choices["train"].add_argument("--config", required=True, help="folder with the real config and tokenizer")
+    steps.choices["train"].add_argument("--parts", default="prune,distill_online,distill_top64,sft")
+    steps.choices["train"].add_argument("--samples", type=int, default=256, help="records of random-token text")
+    steps.choices["train"].add_argument("--seq-len", type=int, default=2048)
+    steps.choices["train"].add_argument("--batch", type=int, default=4)
     steps.choices["report"].add_argument("speed", nargs="+", help="speed step JSON files")
     args = parser.parse_args()
     args.func(args)

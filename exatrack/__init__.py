@@ -20,6 +20,13 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def torch_device() -> str:
+    """Where the steps that run the model themselves (prune, distill, sft) run it."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def read_records(path: Path) -> list[dict]:
     """Rows of a local jsonl, json (a list) or parquet file, as the hub's datasets would give them."""
     if not path.exists():

@@ -12,7 +12,7 @@ in memory together. The store is logged as `teacher_topk.safetensors`; passing i
 import functools
 import tempfile
 
-from exatrack import ExatrackError, calibration, compress, models, recipes, tracking, train
+from exatrack import ExatrackError, calibration, compress, models, recipes, torch_device, tracking, train
 
 STORE = "teacher_topk.safetensors"
 PARAMS = {
@@ -53,8 +53,9 @@ def precompute(teacher, blocks, k: int, batch_size: int) -> dict:
     parts = []
     with torch.inference_mode():
         for batch in tqdm(blocks.split(batch_size), desc="teacher top-k", unit="batch"):
-            parts.append(top_k_store(teacher(batch.to(train.device())).logits, k))
-    return {"input_ids": blocks.to(torch.int32), **{key: torch.cat([p[key].cpu() for p in parts]) for key in ("values", "ids")}}
+            top = top_k_store(teacher(batch.to(torch_device())).logits, k)
+            parts.append({key: value.cpu() for key, value in top.items()})
+    return {"input_ids": blocks.to(torch.int32), **{key: torch.cat([p[key] for p in parts]) for key in ("values", "ids")}}
 
 
 def load_store(ref: str) -> dict:
@@ -86,15 +87,52 @@ def load_model(ref: str, dtype=None):
     import torch
     from transformers import AutoModelForCausalLM
 
-    dtype = dtype or (torch.bfloat16 if train.device() == "cuda" else torch.float32)
-    return AutoModelForCausalLM.from_pretrained(models.resolve(ref), dtype=dtype).to(train.device())
+    dtype = dtype or (torch.bfloat16 if torch_device() == "cuda" else torch.float32)
+    return AutoModelForCausalLM.from_pretrained(models.resolve(ref), dtype=dtype).to(torch_device())
+
+
+def training_data(values: dict, calib: str, tokenizer, teacher: str):
+    """The blocks to train on and, unless online, the teacher's top-k store for them."""
+    import mlflow
+    from safetensors.torch import save_file
+
+    if values["teacher_logits"]:
+        store = load_store(values["teacher_logits"])
+        return store["input_ids"].long(), store
+    blocks = train.blocks(calib, tokenizer, values)
+    if not values["top_k"]:
+        return blocks, None
+    store = precompute(load_model(teacher).eval(), blocks, values["top_k"], values["batch_size"])
+    with tempfile.TemporaryDirectory() as tmp:
+        save_file(store, f"{tmp}/{STORE}")
+        mlflow.log_artifact(f"{tmp}/{STORE}")
+    return blocks, store
+
+
+def loss_function(blocks, store: dict | None, teacher: str, temperature: float):
+    """The student's loss on a batch of block indices: against the store, or against the teacher run online."""
+    import torch
+
+    device = torch_device()
+    if store is not None:
+        def from_store(net, batch):
+            return kl_top_k(net(blocks[batch].to(device)).logits, store["ids"][batch].to(device),
+                            store["values"][batch].to(device), temperature)
+        return from_store
+    reference = load_model(teacher).eval().requires_grad_(False)
+
+    def online(net, batch):
+        ids = blocks[batch].to(device)
+        with torch.no_grad():
+            target = reference(ids).logits
+        return kl_full(net(ids).logits, target, temperature)
+    return online
 
 
 def distill(model: str, params: dict, calib: str | None = None, parent_run_id: str | None = None,
             tags: dict | None = None) -> str:
     import mlflow
     import torch
-    from safetensors.torch import save_file
     from transformers import AutoTokenizer
 
     with tracking.run("distill", run_name=(tags or {}).get("exatrack.lane", "distill"), parent_run_id=parent_run_id,
@@ -105,37 +143,16 @@ def distill(model: str, params: dict, calib: str | None = None, parent_run_id: s
             raise ExatrackError(f"the student {model} would be its own teacher; pass --teacher (e.g. the unpruned model)")
         calib = calibration.choose(calib, model)
         tracking.log_new_params({"model": model, "calib": calib, **values, "teacher": teacher})
-        source = models.resolve(model)
+        source, teacher_folder = models.resolve(model), models.resolve(teacher)
+        check_vocabulary(source, teacher_folder)
+        start = compress.quality_proxy(teacher_folder, source)
+        mlflow.log_metrics({f"start_{key}": v for key, v in start.items() if key != "proxy_tokens"})
         tokenizer = AutoTokenizer.from_pretrained(source)
-        if values["teacher_logits"]:
-            store = load_store(values["teacher_logits"])
-            blocks, k = store["input_ids"].long(), store["ids"].shape[-1]
-        else:
-            blocks, k = train.blocks(calib, tokenizer, values), values["top_k"]
-            store = None
-        check_vocabulary(source, models.resolve(teacher))
+        blocks, store = training_data(values, calib, tokenizer, teacher)
         mlflow.log_metric("train_blocks", len(blocks))
-        mlflow.log_metrics({f"start_{key}": v for key, v in
-                            compress.quality_proxy(models.resolve(teacher), source).items() if key != "proxy_tokens"})
-        if k and store is None:
-            store = precompute(load_model(teacher).eval(), blocks, k, values["batch_size"])
-            with tempfile.TemporaryDirectory() as tmp:
-                save_file(store, f"{tmp}/{STORE}")
-                mlflow.log_artifact(f"{tmp}/{STORE}")
         student = load_model(model, torch.float32)  # float32 master weights; bf16 autocast on a GPU
-        if store is not None:
-            def loss_of(net, batch):
-                return kl_top_k(net(blocks[batch].to(train.device())).logits, store["ids"][batch].to(train.device()),
-                                store["values"][batch].to(train.device()), values["temperature"])
-        else:
-            reference = load_model(teacher).eval().requires_grad_(False)
-
-            def loss_of(net, batch):
-                ids = blocks[batch].to(train.device())
-                with torch.no_grad():
-                    target = reference(ids).logits
-                return kl_full(net(ids).logits, target, values["temperature"])
+        loss_of = loss_function(blocks, store, teacher, values["temperature"])
         train.fit(student, len(blocks), loss_of, values, values["lr"], f"distill {model} from {teacher}")
         compress.log_checkpoint(model, source, functools.partial(compress.save_bf16, student.cpu(), tokenizer),
-                                reference=models.resolve(teacher))
+                                reference=teacher_folder)
         return active.info.run_id

@@ -11,7 +11,7 @@ import functools
 import json
 import time
 
-from exatrack import ExatrackError, calibration, compress, models, recipes, tracking
+from exatrack import ExatrackError, calibration, compress, models, recipes, torch_device, tracking
 
 
 def layer_statistics(model, batches) -> tuple[list[float], list]:
@@ -20,7 +20,7 @@ def layer_statistics(model, batches) -> tuple[list[float], list]:
 
     layers = model.model.layers
     cos_sum, tokens = [0.0] * len(layers), 0
-    act_sum = [torch.zeros(layer.mlp.down_proj.in_features) for layer in layers]
+    act_sum = [torch.zeros(layer.mlp.down_proj.in_features, device=model.device) for layer in layers]
     hooks = []
     for i, layer in enumerate(layers):
         def influence(module, args, output, i=i):
@@ -33,7 +33,7 @@ def layer_statistics(model, batches) -> tuple[list[float], list]:
         hooks += [layer.register_forward_hook(influence), layer.mlp.down_proj.register_forward_pre_hook(activation)]
     with torch.inference_mode():
         for ids in batches:
-            model(ids)
+            model(ids.to(model.device))
             tokens += ids.numel()
     for hook in hooks:
         hook.remove()
@@ -60,10 +60,11 @@ def narrow_ffn(model, activations: list, width: int) -> None:
         mlp = layer.mlp
         for name in ("gate_proj", "up_proj"):
             linear = getattr(mlp, name)
-            slim = torch.nn.Linear(linear.in_features, width, bias=False, dtype=linear.weight.dtype)
+            slim = torch.nn.Linear(linear.in_features, width, bias=False, dtype=linear.weight.dtype, device=linear.weight.device)
             slim.weight.data = linear.weight.data[keep].clone()
             setattr(mlp, name, slim)
-        slim = torch.nn.Linear(width, mlp.down_proj.out_features, bias=False, dtype=mlp.down_proj.weight.dtype)
+        slim = torch.nn.Linear(width, mlp.down_proj.out_features, bias=False, dtype=mlp.down_proj.weight.dtype,
+                               device=mlp.down_proj.weight.device)
         slim.weight.data = mlp.down_proj.weight.data[:, keep].clone()
         mlp.down_proj = slim
     model.config.intermediate_size = width
@@ -107,7 +108,7 @@ def prune(model: str, params: dict, calib: str | None = None, parent_run_id: str
         tracking.log_new_params({"model": model, "calib": calib, **values})
         source = models.resolve(model)
         tokenizer = AutoTokenizer.from_pretrained(source)
-        net = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+        net = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).to(torch_device()).eval()
         layers, drop, keep, ffn = len(net.model.layers), values["drop"], values["keep"], values["ffn"]
         count = layers - keep if keep else drop
         if not 0 <= count < layers or (drop and keep):

@@ -7,7 +7,7 @@ every token, as TRL's SFTTrainer does by default for conversational data.
 
 import functools
 
-from exatrack import ExatrackError, calibration, compress, models, recipes, tracking, train
+from exatrack import ExatrackError, calibration, compress, models, recipes, torch_device, tracking, train
 
 PARAMS = {
     "lora_rank": {"default": 16, "ge": 1, "help": "LoRA rank r"},
@@ -34,7 +34,7 @@ def sft(model: str, params: dict, calib: str | None = None, parent_run_id: str |
         source = models.resolve(model)
         tokenizer = AutoTokenizer.from_pretrained(source)
         blocks = train.blocks(calib, tokenizer, values)
-        base = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).to(train.device())
+        base = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).to(torch_device())
         targets = values["target_modules"]
         config = LoraConfig(r=values["lora_rank"], lora_alpha=values["lora_alpha"], lora_dropout=values["lora_dropout"],
                             target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
@@ -48,7 +48,7 @@ def sft(model: str, params: dict, calib: str | None = None, parent_run_id: str |
         mlflow.log_metrics({"train_blocks": len(blocks), "trainable_params": trainable, "trainable_share": trainable / total})
 
         def loss_of(net, batch):
-            ids = blocks[batch].to(train.device())
+            ids = blocks[batch].to(torch_device())
             return net(input_ids=ids, labels=ids).loss
 
         train.fit(lora, len(blocks), loss_of, values, values["lr"], f"LoRA SFT of {model}")

@@ -6,8 +6,9 @@ the rest Trainer brings, and twenty lines are easier to read than its callbacks.
 """
 
 import math
+import time
 
-from exatrack import ExatrackError, calibration
+from exatrack import ExatrackError, calibration, torch_device
 
 # What both training steps take, beside their own parameters.
 PARAMS = {
@@ -17,12 +18,6 @@ PARAMS = {
     "batch_size": {"default": 4, "ge": 1, "help": "blocks per optimizer step"},
     "seed": {"default": 0, "help": "seed for choosing records and shuffling blocks"},
 }
-
-
-def device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def blocks(source: str, tokenizer, values: dict):
@@ -54,9 +49,9 @@ def fit(model, count: int, loss_of, values: dict, lr: float, what: str) -> list[
     total = per_epoch * values["epochs"]
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, total // 20), total)
     order = torch.Generator().manual_seed(values["seed"])
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device() == "cuda")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch_device() == "cuda")
     model.train()
-    curve = []
+    curve, started = [], time.perf_counter()
     with tqdm(total=total, desc=what, unit="step") as bar:
         for _ in range(values["epochs"]):
             for batch in torch.randperm(count, generator=order).split(values["batch_size"]):
@@ -72,6 +67,7 @@ def fit(model, count: int, loss_of, values: dict, lr: float, what: str) -> list[
                 bar.set_postfix(loss=f"{curve[-1]:.4f}")
                 bar.update()
     model.eval()
+    mlflow.log_metric("train_time_s", time.perf_counter() - started)
     mlflow.log_figure(plot(curve, per_epoch, what), "loss_curve.png")
     return curve
 
