@@ -9,6 +9,7 @@ agreement), which is cheap and catches a broken recipe before any benchmark runs
 import logging
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -49,6 +50,20 @@ def quantize(model: str, recipe: str, params: dict, calib: str | None = None, pa
 
         log_checkpoint(model, source, write)
         return active.info.run_id
+
+
+@contextmanager
+def step(kind: str, model: str, specs: dict, params: dict, calib: str | None, parent_run_id: str | None,
+         tags: dict | None):
+    """What prune, distill and sft open with: their run (named for its lane in a pipeline), their
+    parameters checked against `specs`, and the calibration text chosen; all logged. Yields the
+    run, the values and the calibration source."""
+    with tracking.run(kind, run_name=(tags or {}).get("exatrack.lane", kind), parent_run_id=parent_run_id,
+                      tags=tags) as active:
+        values = recipes.resolve_values(specs, params, kind, f"see `exatrack {kind} --help`")
+        calib = calibration.choose(calib, model)
+        tracking.log_new_params({"model": model, "calib": calib, **values})
+        yield active, values, calib
 
 
 def log_checkpoint(model: str, source: Path, write, reference: Path | None = None) -> None:

@@ -12,7 +12,7 @@ in memory together. The store is logged as `teacher_topk.safetensors`; passing i
 import functools
 import tempfile
 
-from exatrack import ExatrackError, calibration, compress, models, recipes, torch_device, tracking, train
+from exatrack import ExatrackError, compress, models, torch_device, train
 
 STORE = "teacher_topk.safetensors"
 PARAMS = {
@@ -135,14 +135,11 @@ def distill(model: str, params: dict, calib: str | None = None, parent_run_id: s
     import torch
     from transformers import AutoTokenizer
 
-    with tracking.run("distill", run_name=(tags or {}).get("exatrack.lane", "distill"), parent_run_id=parent_run_id,
-                      tags=tags) as active:
-        values = recipes.resolve_values(PARAMS, params, "distill", "see `exatrack distill --help`")
+    with compress.step("distill", model, PARAMS, params, calib, parent_run_id, tags) as (active, values, calib):
         teacher = values["teacher"] or models.source_model(model)
         if teacher == model and not values["teacher_logits"]:
             raise ExatrackError(f"the student {model} would be its own teacher; pass --teacher (e.g. the unpruned model)")
-        calib = calibration.choose(calib, model)
-        tracking.log_new_params({"model": model, "calib": calib, **values, "teacher": teacher})
+        mlflow.set_tag("exatrack.teacher", teacher)  # the teacher param may be empty: 'what the student derives from'
         source, teacher_folder = models.resolve(model), models.resolve(teacher)
         check_vocabulary(source, teacher_folder)
         start = compress.quality_proxy(teacher_folder, source)

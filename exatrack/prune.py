@@ -11,7 +11,7 @@ import functools
 import json
 import time
 
-from exatrack import ExatrackError, calibration, compress, models, recipes, torch_device, tracking
+from exatrack import ExatrackError, calibration, compress, models, torch_device
 
 
 def layer_statistics(model, batches) -> tuple[list[float], list]:
@@ -101,11 +101,7 @@ def prune(model: str, params: dict, calib: str | None = None, parent_run_id: str
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with tracking.run("prune", run_name=(tags or {}).get("exatrack.lane", "prune"), parent_run_id=parent_run_id,
-                      tags=tags) as active:
-        values = recipes.resolve_values(PARAMS, params, "prune", "see `exatrack prune --help`")
-        calib = calibration.choose(calib, model)
-        tracking.log_new_params({"model": model, "calib": calib, **values})
+    with compress.step("prune", model, PARAMS, params, calib, parent_run_id, tags) as (active, values, calib):
         source = models.resolve(model)
         tokenizer = AutoTokenizer.from_pretrained(source)
         net = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).to(torch_device()).eval()

@@ -7,7 +7,7 @@ every token, as TRL's SFTTrainer does by default for conversational data.
 
 import functools
 
-from exatrack import ExatrackError, calibration, compress, models, recipes, torch_device, tracking, train
+from exatrack import ExatrackError, compress, models, torch_device, train
 
 PARAMS = {
     "lora_rank": {"default": 16, "ge": 1, "help": "LoRA rank r"},
@@ -26,11 +26,7 @@ def sft(model: str, params: dict, calib: str | None = None, parent_run_id: str |
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with tracking.run("sft", run_name=(tags or {}).get("exatrack.lane", "sft"), parent_run_id=parent_run_id,
-                      tags=tags) as active:
-        values = recipes.resolve_values(PARAMS, params, "sft", "see `exatrack sft --help`")
-        calib = calibration.choose(calib, model)
-        tracking.log_new_params({"model": model, "calib": calib, **values})
+    with compress.step("sft", model, PARAMS, params, calib, parent_run_id, tags) as (active, values, calib):
         source = models.resolve(model)
         tokenizer = AutoTokenizer.from_pretrained(source)
         blocks = train.blocks(calib, tokenizer, values)

@@ -43,7 +43,8 @@ def test_the_top_k_loss_over_the_whole_vocabulary_is_the_full_kl():
 def test_online_distillation_brings_the_pruned_student_closer_to_its_teacher(student):
     run = mlflow.get_run(distill.distill(student, SMALL))
     metrics, params = run.data.metrics, run.data.params
-    assert params["teacher"] == "tiny" and run.data.tags[models.SOURCE_MODEL] == "tiny"
+    assert params["teacher"] == "" and run.data.tags["exatrack.teacher"] == "tiny"
+    assert run.data.tags[models.SOURCE_MODEL] == "tiny"
     assert metrics["proxy_kl"] < metrics["start_proxy_kl"]
     history = MlflowClient().get_metric_history(run.info.run_id, "train_loss")
     assert len(history) == 2 * -(-int(metrics["train_blocks"]) // 4)  # two epochs of batches of 4
