@@ -138,7 +138,7 @@ def distill(model: str, params: dict, calib: str | None = None, parent_run_id: s
     with compress.step("distill", model, PARAMS, params, calib, parent_run_id, tags) as (active, values, calib):
         teacher = values["teacher"] or models.source_model(model)
         if teacher == model and not values["teacher_logits"]:
-            raise ExatrackError(f"the student {model} would be its own teacher; pass --teacher (e.g. the unpruned model)")
+            raise ExatrackError(f"the student {model} would be its own teacher; pass another --teacher (e.g. the unpruned model)")
         mlflow.set_tag("exatrack.teacher", teacher)  # the teacher param may be empty: 'what the student derives from'
         source, teacher_folder = models.resolve(model), models.resolve(teacher)
         check_vocabulary(source, teacher_folder)

@@ -64,7 +64,7 @@ def test_a_top_k_store_is_logged_with_int32_ids_and_reused_without_the_teacher(s
 
 
 def test_distillation_refuses_a_student_that_would_teach_itself_and_a_broken_store(tiny_model, tmp_path):
-    with pytest.raises(ExatrackError, match="would be its own teacher; pass --teacher"):
+    with pytest.raises(ExatrackError, match="would be its own teacher; pass another --teacher"):
         distill.distill("tiny", SMALL)
     save_file({"ids": torch.zeros(1, 4, 2, dtype=torch.int16)}, tmp_path / "old.safetensors")
     with pytest.raises(ExatrackError, match="not a top-k store with int32 token ids"):
