@@ -11,7 +11,7 @@ import functools
 import json
 import time
 
-from exatrack import ExatrackError, calibration, compress, models, torch_device
+from exatrack import ExatrackError, calibration, compress, models, torch_device, tracking
 
 
 def layer_statistics(model, batches) -> tuple[list[float], list]:
@@ -122,7 +122,7 @@ def prune(model: str, params: dict, calib: str | None = None, parent_run_id: str
         mlflow.log_metrics({f"importance.layer_{i:02d}": v for i, v in enumerate(importance)})
         mlflow.log_metric("prune_time_s", time.perf_counter() - started)
         mlflow.log_dict({"importance": importance, "dropped": dropped, "ffn": ffn}, "prune.json")
-        mlflow.log_figure(plot(importance, dropped), "layer_importance.png")
+        tracking.log_figure(plot(importance, dropped), "layer_importance.png")
         mlflow.set_tag("exatrack.pruned_layers", json.dumps(dropped))
         compress.log_checkpoint(model, source, functools.partial(compress.save_bf16, net, tokenizer))
         return active.info.run_id

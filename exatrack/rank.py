@@ -235,7 +235,7 @@ def rank(model_name: str = REGISTERED_MODEL, parent_run_id: str | None = None) -
         log_scores(client, board)
         mlflow.log_text(markdown(board), "leaderboard.md")
         mlflow.log_text(to_csv(board), "leaderboard.csv")
-        mlflow.log_figure(plot(board), "leaderboard.png")
+        tracking.log_figure(plot(board), "leaderboard.png")
         mlflow.log_metrics({"scored_runs": len(board.scored), "unscored_runs": len(board.entries) - len(board.scored)})
         board.champion = register_champion(client, board, model_name)
         if board.champion:

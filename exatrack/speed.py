@@ -116,5 +116,5 @@ def speed(model: str, base: str, workloads: str = "full", rounds: int = 10, eage
                          "speed.rounds": str(rounds)})
         mlflow.log_dict({"workloads": WORKLOADS[workloads], "rounds": rounds, "eager": eager}, "speed/workloads.json")
         mlflow.log_dict(response["rounds"], "speed/rounds.json")
-        mlflow.log_figure(plot(summary), "speed/ratios.png")
+        tracking.log_figure(plot(summary), "speed/ratios.png")
         return active.info.run_id

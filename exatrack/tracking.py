@@ -78,3 +78,12 @@ def log_folder(folder: Path, artifact_path: str) -> None:
     import mlflow
 
     mlflow.log_artifacts(str(folder), artifact_path)
+
+
+def log_figure(fig, artifact_file: str) -> None:
+    """Log a plot and free it: a pipeline draws many, and pyplot keeps every open figure alive."""
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    mlflow.log_figure(fig, artifact_file)
+    plt.close(fig)

@@ -8,7 +8,7 @@ the rest Trainer brings, and twenty lines are easier to read than its callbacks.
 import math
 import time
 
-from exatrack import ExatrackError, calibration, torch_device
+from exatrack import ExatrackError, calibration, torch_device, tracking
 
 # What both training steps take, beside their own parameters.
 PARAMS = {
@@ -68,7 +68,7 @@ def fit(model, count: int, loss_of, values: dict, lr: float, what: str) -> list[
                 bar.update()
     model.eval()
     mlflow.log_metric("train_time_s", time.perf_counter() - started)
-    mlflow.log_figure(plot(curve, per_epoch, what), "loss_curve.png")
+    tracking.log_figure(plot(curve, per_epoch, what), "loss_curve.png")
     return curve
 
 
