@@ -25,8 +25,7 @@ test: setup serving-env
 	$(BIN)/python -m pytest -q -ra
 
 demo: setup serving-env
-	$(BIN)/exatrack pipeline --model tiny --data sample --max_tokens 48 --eager true \
-		--only w8a8-d0.01-n512,w8a8-d0.02-n512,fp8-dynamic,tiny-prune1-distill-w8a8
+	$(BIN)/exatrack pipeline --model tiny --data sample --max_tokens 48 --eager true --lanes recipes/demo-lanes.yaml
 
 clean:
 	rm -rf mlflow.db mlruns/[0-9]* mlruns/models submit.zip

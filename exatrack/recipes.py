@@ -114,7 +114,7 @@ def recipe_dirs() -> list[Path]:
 def available() -> dict[str, Path]:
     found = {}
     for folder in reversed(recipe_dirs()):
-        found.update({p.stem: p for p in sorted(folder.glob("*.yaml")) if p.stem != "lanes"})
+        found.update({p.stem: p for p in sorted(folder.glob("*.yaml")) if not p.stem.endswith("lanes")})  # lanes files
     return dict(sorted(found.items()))
 
 

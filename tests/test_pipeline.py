@@ -98,6 +98,9 @@ def test_shipped_lanes_mirror_the_challenge_teams_best():
     assert w8a8 == {(d, n) for d in (0.01, 0.02, 0.05) for n in (512, 2048)}
     assert {"w4a16", "fp8_dynamic", "fp8_static"} <= {p["recipe"] for p in single}
     assert [step for step, _ in lanes["prune2-distill-w8a8"]] == ["prune", "distill", "quantize"]
+    demo = load_lanes(str(REPO / "recipes" / "demo-lanes.yaml"), None)
+    assert [step for step, _ in demo["tiny-prune1-distill-w8a8"]] == ["prune", "distill", "quantize"]
+    assert demo["w8a8-d0.01-n512"] == lanes["w8a8-d0.01-n512"]
 
 
 def test_a_malformed_chain_is_refused_before_anything_runs(tmp_path):
