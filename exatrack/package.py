@@ -39,8 +39,8 @@ def check(folder: Path) -> list[str]:
         config = json.loads((folder / "config.json").read_text())
     except json.JSONDecodeError as err:
         return [f"config.json does not parse ({err})"]
-    if "quantization_config" not in config:
-        problems.append("config.json has no quantization_config (an uncompressed model)")
+    if not config.get("architectures"):
+        problems.append("config.json names no architectures; vLLM cannot pick a model class")
     for weights in folder.glob("*.safetensors"):
         try:
             with safe_open(str(weights), "pt") as f:

@@ -48,6 +48,17 @@ def test_check_rejects_an_incomplete_model_folder(registered, tmp_path):
     assert any("not readable safetensors" in p for p in check(folder))
 
 
+def test_a_plain_bf16_checkpoint_is_complete_as_pruned_distilled_or_sft_ones_are(tiny_model, tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for path in select_files(tiny_model):
+        shutil.copy(path, folder)
+    assert check(folder) == []
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "architectures"}))
+    assert check(folder) == ["config.json names no architectures; vLLM cannot pick a model class"]
+
+
 def test_an_incomplete_version_is_never_promoted(tiny_model, tmp_path):
     client = MlflowClient()
     with mlflow.start_run() as run:  # a checkpoint whose weights went missing
