@@ -82,8 +82,8 @@ def key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def checkpoint_of(run) -> str:
-    return f"runs:/{run.info.run_id}/{compress.CHECKPOINT}"
+def checkpoint_of(run_id: str) -> str:
+    return f"runs:/{run_id}/{compress.CHECKPOINT}"
 
 
 def find_base(client, experiment_id: str, eval_key: str):
@@ -103,7 +103,7 @@ def find_step(client, experiment_id: str, step_key: str, settings=None, under: s
     runs = client.search_runs([experiment_id], query, max_results=50, order_by=["attributes.start_time DESC"])
     for run in runs:
         evaluated = run.data.tags.get(evaluate.EVAL_KEY)
-        if settings is None or evaluated in (None, evaluate.eval_key(checkpoint_of(run), settings)):
+        if settings is None or evaluated in (None, evaluate.eval_key(checkpoint_of(run.info.run_id), settings)):
             return run
     return None
 
@@ -132,7 +132,7 @@ def run_lane(client, experiment_id: str, name: str, steps: list, model: str, cal
             reused = False
             tags = {"exatrack.lane": name, STEP_KEY: step_key}
             run_id = STEPS[step](current, params, calib=calib, parent_run_id=parent_id, tags=tags)
-        current = f"runs:/{run_id}/{compress.CHECKPOINT}"
+        current = checkpoint_of(run_id)
     client.set_tag(run_id, "exatrack.lane", name)  # the lane ranked by this run, whichever lane made it
     if reused and client.get_run(run_id).data.tags.get(evaluate.EVAL_KEY) == evaluate.eval_key(current, settings):
         return "reused"
