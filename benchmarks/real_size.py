@@ -1,17 +1,17 @@
-"""Real-size speed of compressed EXAONE-4.0-1.2B variants, measured paired against bf16 on one GPU.
+"""Real-size measurements of compressed EXAONE-4.0-1.2B variants on one GPU.
 
 Random weights with the real config: speed does not depend on the weights' values, and no hub is
 needed. Steps (each one command; docs/benchmarks.md shows the calls on the lent H100):
 
   build    (llmcompressor env) bf16, W8A8-INT8, FP8-dynamic, W4A16 and a 24-of-30-layer variant
   gptq     (llmcompressor env) time GPTQ W8A8 of the full-size model with N samples of 2048 tokens
-  speed    (vLLM env) all variants side by side in one session, paired rounds against bf16 (KV-FP8 is
-           the bf16 checkpoint served with an FP8 KV cache), repeated to show the ratios repeat
-  evalpass (vLLM env) one evaluation pass at the benchmarks' real volumes, synthetic prompts of
-           realistic lengths and a fixed output budget
+  session  (vLLM env) exatrack's paired evaluation session (worker.py) at the benchmarks' real volumes:
+           the named variants loaded side by side, every benchmark cut into chunks run on every model
+           in rotated order; the same checkpoint twice is the A/A test of the design
   train    (llmcompressor env + peft) exatrack's own prune -> distill (online, top-64) and LoRA sft
            of the full-size shape on random-token text: seconds, training tokens/s, peak GPU memory
-  report   (here) the markdown table from the JSON the other steps wrote
+  report   (here) SpeedNorm of every variant against bf16 with its interval, per estimator, from
+           session JSON
 """
 
 import argparse
@@ -109,50 +109,60 @@ def gptq(args):
     Path(args.json).write_text(json.dumps(result))
 
 
-def speed(args):
-    worker, stats = load_module("worker"), load_module("speed")
-    out = Path(args.out)
-    names = ["bf16", *VARIANTS, f"layers{KEEP_LAYERS}"]
-    engine = {"seed": 0, "gpu_memory_utilization": args.memory, "max_model_len": 3300}
-    models = [{"name": n, "path": str(out / n), "engine": engine} for n in names]
-    models.append({"name": "kv_fp8", "path": str(out / "bf16"), "engine": {**engine, "kv_cache_dtype": "fp8"}})
-    started = time.perf_counter()
-    engines = worker.load_engines(models)
-    load_s = time.perf_counter() - started
-    result = {"device": worker.device_name(), "vllm": __import__("vllm").__version__, "rounds": args.rounds,
-              "workloads": stats.WORKLOADS[args.workloads], "load_s": load_s, "repeats": []}
-    # The same engines, independent sets of rounds: do the ratios repeat within their intervals?
-    for _ in range(args.repeats):
-        rounds = worker.speed_rounds(engines, stats.WORKLOADS[args.workloads], [1000, 102400], args.rounds)
-        result["repeats"].append({name: stats.summarize(rounds, name, "bf16") for name in names[1:] + ["kv_fp8"]})
-        result["seconds"] = time.perf_counter() - started
-        Path(args.json).write_text(json.dumps(result))  # after each repeat: a cut-off call keeps what it has
-    print(json.dumps({k: v for k, v in result.items() if k != "repeats"}))
+# The real volumes of one evaluation pass: (benchmark, conversations, turns, prompt tokens, output tokens).
+# MCQA answers with the paper's reasoning prompt run to a few hundred tokens; outputs are fixed (EOS ignored).
+VOLUMES = [("kmmlu", 2822 + 2587, 1, 350, 256), ("ko_longrag", 600, 1, 3000, 64), ("komt_bench", 80, 2, 250, 512)]
 
 
-def evalpass(args):
-    """One pass at the real volumes: 2,822 + 2,587 MCQA prompts, 600 long-context prompts, 160 KoMT turns."""
-    from vllm import LLM, SamplingParams
+def real_volume_benchmarks(tokenizer_dir: Path, chunks: int) -> dict:
+    """Random-token text of realistic lengths, rendered through the chat template like real prompts."""
+    import random
 
+    from transformers import AutoTokenizer
+
+    tokenizer, rng = AutoTokenizer.from_pretrained(tokenizer_dir), random.Random(0)
+    text = lambda n: tokenizer.decode([rng.randrange(1000, 102_400) for _ in range(n)])  # noqa: E731
+    benchmarks = {}
+    for name, count, turns, prompt_tokens, output_tokens in VOLUMES:
+        sampling = {"max_tokens": output_tokens, "ignore_eos": True}
+        conversations = [{"turns": [text(prompt_tokens) for _ in range(turns)], "sampling": sampling} for _ in range(count)]
+        benchmarks[name] = {"conversations": conversations, "chunk_size": -(-count // chunks)}
+    return benchmarks
+
+
+def session(args):
+    """The variants side by side in one paired session; `bf16,bf16` is the A/A test."""
     worker = load_module("worker")
-    volumes = [("kmmlu_mcqa", 2822 + 2587, 350, args.mcqa_tokens), ("ko_longrag", 600, 3000, 64),
-               ("komt_turns", 160, 250, 512)]
+    out, names = Path(args.out), args.models.split(",")
+    engine = {"seed": 0, "gpu_memory_utilization": args.memory / len(names), "max_model_len": 4096}
+    models = [{"name": f"{name}#{i}", "path": str(out / name), "engine": engine} for i, name in enumerate(names)]
+    request = {"models": models, "thinking": False, "sampling": {"temperature": 0.0}, "repeats": args.repeats,
+               "benchmarks": real_volume_benchmarks(out / names[0], args.chunks)}
     started = time.perf_counter()
-    llm = LLM(model=str(Path(args.out) / args.variant), seed=0, gpu_memory_utilization=0.85, max_model_len=4096,
-              disable_log_stats=False)
-    load = time.perf_counter() - started
-    result = {"variant": args.variant, "device": worker.device_name(), "load_s": load, "parts": {}}
-    for i, (name, count, prompt_tokens, output_tokens) in enumerate(volumes):
-        prompts = worker.synthetic_prompts(count, prompt_tokens, [1000, 102400], seed=i)
-        params = SamplingParams(temperature=0, max_tokens=output_tokens, ignore_eos=True)
-        t = time.perf_counter()
-        outputs = llm.generate(prompts, params, use_tqdm=False)
-        result["parts"][name] = {"prompts": count, "prompt_tokens": prompt_tokens, "output_tokens": output_tokens,
-                                 "wall_s": time.perf_counter() - t, "gen_s": worker.generation_span(outputs),
-                                 "tokens": sum(len(o.outputs[0].token_ids) for o in outputs)}
-    result["total_wall_s"] = time.perf_counter() - started
+    response = worker.run_session(request)
+    for bench in response["benchmarks"].values():  # keep the timings, not the random-token answers
+        for timed in bench.values():
+            timed.pop("answers"), timed.pop("tokens")
+    result = {"seconds": time.perf_counter() - started, "chunks": args.chunks, "repeats": args.repeats,
+              "volumes": VOLUMES, **response}
     Path(args.json).write_text(json.dumps(result))
-    print(json.dumps(result))
+    print(json.dumps({k: result[k] for k in ("seconds", "device", "vllm_version", "models")}))
+
+
+def speed_norms(result: dict, estimator: str, first_repeat_only: bool) -> dict:
+    """Every model against the first (bf16): SpeedNorm and its stratified bootstrap 95% interval."""
+    stats = load_module("stats")
+    names = list(result["models"])
+    chunks = {m: {b: [{**c, "seconds": c["seconds"][:1] if first_repeat_only else c["seconds"]} for c in timed[m]["chunks"]]
+                  for b, timed in result["benchmarks"].items()} for m in names}
+    sizes = {b: len(v) for b, v in chunks[names[0]].items()}
+    out = {}
+    for name in names[1:]:
+        point = 1 - stats.speed_ratio(chunks[name], chunks[names[0]], stats.identity(sizes), estimator)
+        draws = [1 - stats.speed_ratio(chunks[name], chunks[names[0]], picks, estimator) for picks in stats.resamples(sizes)]
+        low, high = stats.percentile_interval(draws)
+        out[name] = {"speed_norm": point, "low": low, "high": high, "half_width": (high - low) / 2}
+    return out
 
 
 def train(args):
@@ -210,27 +220,22 @@ def train(args):
 
 
 def report(args):
-    speed_runs = [json.loads(Path(p).read_text()) for p in args.speed]
-    lines = []
-    for run in speed_runs:
-        lines += [f"GPU: {run['device']}, vLLM {run['vllm']}, {run['rounds']} rounds x {len(run['repeats'])} repeats "
-                  f"in one session ({run['seconds']:.0f} s)", "",
-                  "| variant | workload | " + " | ".join(f"repeat {i + 1}: ratio [95% CI]" for i in range(len(run["repeats"]))) + " |",
-                  "|---|---|" + "---|" * len(run["repeats"])]
-        for variant in run["repeats"][0]:
-            for workload in run["repeats"][0][variant]:
-                cells = [f"{r[variant][workload]['ratio']:.3f} [{r[variant][workload]['low']:.3f}, {r[variant][workload]['high']:.3f}]"
-                         for r in run["repeats"]]
-                lines.append(f"| {variant} | {workload} | " + " | ".join(cells) + " |")
-        lines.append("")
+    lines = ["| file | model vs bf16 | estimator | repeats used | SpeedNorm [95% CI] | half-width |", "|---|---|---|---|---|---|"]
+    for path in args.sessions:
+        result = json.loads(Path(path).read_text())
+        for estimator in ("sum", "median"):
+            for first in sorted({True, result["repeats"] == 1}, reverse=True):
+                for name, s in speed_norms(result, estimator, first).items():
+                    used = "1" if first else f"min of {result['repeats']}"
+                    lines.append(f"| {Path(path).name} | {name} | {estimator} | {used} | "
+                                 f"{s['speed_norm']:+.4f} [{s['low']:+.4f}, {s['high']:+.4f}] | {s['half_width']:.4f} |")
     print("\n".join(lines))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     steps = parser.add_subparsers(dest="step", required=True)
-    for name, func in (("build", build), ("gptq", gptq), ("speed", speed), ("evalpass", evalpass), ("train", train),
-                       ("report", report)):
+    for name, func in (("build", build), ("gptq", gptq), ("session", session), ("train", train), ("report", report)):
         step = steps.add_parser(name)
         step.set_defaults(func=func)
         step.add_argument("--out", default="/tmp/real_size")
@@ -238,18 +243,16 @@ def main():
     steps.choices["build"].add_argument("--config", required=True, help="folder with the real config and tokenizer")
     steps.choices["gptq"].add_argument("--samples", type=int, default=512)
     steps.choices["gptq"].add_argument("--seq-len", type=int, default=2048)
-    steps.choices["speed"].add_argument("--rounds", type=int, default=8)
-    steps.choices["speed"].add_argument("--repeats", type=int, default=2)
-    steps.choices["speed"].add_argument("--memory", type=float, default=0.12, help="GPU memory share per engine")
-    steps.choices["speed"].add_argument("--workloads", default="full", choices=["full", "quick"])
-    steps.choices["evalpass"].add_argument("--variant", default="bf16")
-    steps.choices["evalpass"].add_argument("--mcqa-tokens", type=int, default=256)
+    steps.choices["session"].add_argument("--models", default="bf16,bf16", help="variants; the first is the base")
+    steps.choices["session"].add_argument("--chunks", type=int, default=16, help="chunks per benchmark")
+    steps.choices["session"].add_argument("--repeats", type=int, default=1, help="timed runs per chunk and model")
+    steps.choices["session"].add_argument("--memory", type=float, default=0.85, help="GPU memory share of all engines")
     steps.choices["train"].add_argument("--config", required=True, help="folder with the real config and tokenizer")
     steps.choices["train"].add_argument("--parts", default="prune,distill_online,distill_top64,sft")
     steps.choices["train"].add_argument("--samples", type=int, default=256, help="records of random-token text")
     steps.choices["train"].add_argument("--seq-len", type=int, default=2048)
     steps.choices["train"].add_argument("--batch", type=int, default=4)
-    steps.choices["report"].add_argument("speed", nargs="+", help="speed step JSON files")
+    steps.choices["report"].add_argument("sessions", nargs="+", help="session step JSON files")
     args = parser.parse_args()
     args.func(args)
 

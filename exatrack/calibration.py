@@ -8,7 +8,7 @@ Each record has a `text` field, or a `conversations`/`messages` list of turns.
 import random
 from pathlib import Path
 
-from exatrack import DATA_DIR, ExatrackError, models, read_records
+from exatrack import DATA_DIR, ExatrackError, read_records
 
 MANTA = "LGAI-EXAONE/MANTA-1M"
 SAMPLE = DATA_DIR / "corpus.jsonl"
@@ -16,12 +16,12 @@ HELDOUT = DATA_DIR / "heldout.jsonl"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
-def choose(calib: str | None, model_ref: str) -> str:
+def choose(calib: str | None, model) -> str:
     """The source asked for, or by default: the bundled corpus for the tiny model (it was trained on
     it) and whatever derives from it, MANTA-1M for real models."""
     if calib not in (None, "auto"):
         return calib
-    return "sample" if models.source_model(model_ref) == "tiny" else MANTA
+    return "sample" if model.source == "tiny" else MANTA
 
 
 def load_records(source: str, limit: int, seed: int = 0) -> list[dict]:

@@ -9,7 +9,7 @@ from exatrack import prune as prune_step
 from exatrack import recipes as recipe_registry
 from exatrack import sft as sft_step
 from exatrack.models import DEFAULT_MODEL
-from exatrack.rank import REGISTERED_MODEL
+from exatrack.registry import REGISTERED_MODEL
 
 MODEL_HELP = "hub id, folder, tiny, runs:/... or models:/..."
 CALIB_HELP = "text to use: hub id, jsonl/json/parquet file, sample, or auto (sample for tiny, else MANTA-1M)"
@@ -23,8 +23,13 @@ def option(name: str, **kwargs):
 
 @click.group()
 @click.version_option(package_name="exatrack")
-def main():
+@click.option("--experiment", default=None, help="MLflow experiment for the runs (default: MLFLOW_EXPERIMENT_NAME, else exatrack)")
+def main(experiment):
     """An MLflow-tracked lab for compressing EXAONE-4.0-1.2B for serving in vLLM."""
+    import os
+
+    if experiment:
+        os.environ["MLFLOW_EXPERIMENT_NAME"] = experiment
 
 
 @main.command()
@@ -65,10 +70,11 @@ def list_recipes():
 @option("seed", default="0", show_default=True, help="seed for choosing calibration samples")
 def quantize(model, recipe, calib, **params):
     """Compress a model with a recipe, tracked as one MLflow run."""
-    from exatrack.compress import CHECKPOINT, quantize as run_quantize
+    from exatrack.checkpoint import uri
+    from exatrack.quantize import quantize as run_quantize
 
     run_id = run_quantize(model, recipe, params, calib)
-    click.echo(f"quantize finished: run {run_id}, checkpoint runs:/{run_id}/{CHECKPOINT}")
+    click.echo(f"quantize finished: run {run_id}, checkpoint {uri(run_id)}")
 
 
 def step_options(specs: dict):
@@ -107,11 +113,10 @@ def sft(model, calib, **params):
 
 
 def evaluation_options(command):
-    """The options `evaluate` and `baseline` share, one per field of evaluate.Settings."""
+    """One option per field of evaluate.Settings, shared by `evaluate` and `pipeline`."""
     from exatrack.evaluate import ALL
 
     for decorator in reversed([
-        option("model", default=DEFAULT_MODEL, show_default=True, help=MODEL_HELP),
         option("benchmarks", default=ALL, show_default=True, help="comma-separated benchmark names"),
         option("data", default="hub", show_default=True, help="hub or sample, then name=path overrides, e.g. hub,kmmlu_redux=redux.jsonl"),
         option("limit", default=0, type=int, show_default=True, help="rows per benchmark (a fixed subset); 0 = all"),
@@ -121,52 +126,54 @@ def evaluation_options(command):
         option("max_model_len", default=0, type=int, show_default=True, help="vLLM context length; 0 = the model's"),
         option("eager", default=False, type=bool, show_default=True, help="vLLM enforce_eager: faster start, slower decode"),
         option("kv_cache_dtype", default="auto", show_default=True, help="vLLM KV cache dtype, e.g. fp8"),
+        option("chunks", default=16, type=int, show_default=True, help="chunks per benchmark, each run on every model in turn"),
+        option("repeats", default=1, type=int, show_default=True, help="timed runs per chunk and model; the fastest counts"),
+        option("group", default=6, type=int, show_default=True, help="models loaded side by side per session, the base included"),
     ]):
         command = decorator(command)
     return command
 
 
 @main.command()
+@option("model", default=None, help="the candidates, comma-separated (runs:/<id>/checkpoint, ...); none: the base alone")
+@option("base", default=None, help="the base; default: the model the candidates derive from")
 @evaluation_options
-def evaluate(model, **settings):
-    """Evaluate a checkpoint in vLLM on the Korean benchmarks, with generation time per token."""
+def evaluate(model, base, **settings):
+    """Evaluate candidates and their base side by side in vLLM on the Korean benchmarks."""
+    from exatrack import models
     from exatrack.evaluate import Settings, evaluate as run_evaluate
 
-    run_id = run_evaluate(model, Settings(**settings))
-    click.echo(f"evaluate finished: run {run_id}")
-
-
-@main.command()
-@evaluation_options
-def baseline(model, **settings):
-    """Evaluate the uncompressed model and tag it as the base for its evaluation fingerprint."""
-    from exatrack.evaluate import Settings, evaluate as run_evaluate
-
-    run_id = run_evaluate(model, Settings(**settings), baseline=True)
-    click.echo(f"baseline finished: run {run_id}")
-
-
-@main.command()
-@option("model", required=True, help="the candidate: runs:/<id>/checkpoint (logged on that run), a folder, ...")
-@option("base", required=True, help="the base model, e.g. tiny or LGAI-EXAONE/EXAONE-4.0-1.2B")
-@option("workloads", default="full", show_default=True, type=click.Choice(["full", "quick"]), help="workload sizes")
-@option("rounds", default=10, type=int, show_default=True, help="paired rounds (at least 3)")
-@option("eager", default=False, type=bool, show_default=True, help="vLLM enforce_eager")
-def speed(model, base, workloads, rounds, eager):
-    """Candidate vs base speed, both loaded in one serving session: median ratio with a 95% interval."""
-    from exatrack.speed import speed as run_speed
-
-    run_id = run_speed(model, base, workloads, rounds, eager)
-    click.echo(f"speed finished: run {run_id}")
+    chosen = Settings(**settings)
+    chosen.check()
+    candidates = [models.resolve(ref.strip()) for ref in (model or "").split(",") if ref.strip()]
+    sources = {m.source for m in candidates}
+    if base is None and len(sources) > 1:
+        raise click.ClickException(f"the candidates derive from different models ({', '.join(sorted(sources))}); "
+                                   "pass --base, or evaluate each family on its own")
+    base_model = models.resolve(base or (sources.pop() if sources else DEFAULT_MODEL))
+    candidates = [m for m in candidates if m.ref != base_model.ref]
+    done = run_evaluate(base_model, candidates, chosen)
+    click.echo(f"base {base_model.ref}: evaluation run {done.base}")
+    for ref, run_id in done.runs.items():
+        click.echo(f"{ref}: evaluation run {run_id}")
+    for ref, why in done.failed.items():
+        click.echo(f"{ref}: not evaluated ({why})")
+    if done.failed:
+        raise SystemExit(1)
 
 
 @main.command()
 @option("registered_model", default=REGISTERED_MODEL, show_default=True, help="registry name; must begin with EXAONE")
-def rank(registered_model):
-    """Score every evaluated run against its base, log a leaderboard, point `champion` at the best."""
-    from exatrack.rank import markdown, rank as run_rank
+@option("fingerprint", default=None, help="the evaluation fingerprint to rank; default: that of the newest base")
+@option("source", default=None, help="the source model to rank; default: that of the newest base")
+@option("estimator", default="sum", show_default=True, type=click.Choice(["sum", "median"]),
+        help="speed: total time over total tokens, or the median per-chunk ratio")
+def rank(registered_model, fingerprint, source, estimator):
+    """Score every evaluation against its session's base, with intervals; point `champion` at the leader."""
+    from exatrack.rank import rank as run_rank
+    from exatrack.render import markdown
 
-    board = run_rank(registered_model)
+    board = run_rank(registered_model, fingerprint=fingerprint, source=source, estimator=estimator)
     click.echo(markdown(board))
     if board.champion:
         click.echo(f"champion: {registered_model} version {board.champion}")
@@ -197,26 +204,30 @@ def promote(version, registered_model, out, verify):
 
 
 @main.command()
+@option("model", default=DEFAULT_MODEL, show_default=True, help="the base model every lane starts from")
 @evaluation_options
 @option("lanes", default="recipes/lanes.yaml", show_default=True, help="lanes file: lane name -> recipe and parameters")
 @option("only", default=None, help="comma-separated lanes to run (default: all)")
 @option("calib", default="auto", show_default=True, help="calibration data for every lane")
-@option("force", default=False, type=bool, show_default=True, help="redo lanes and baseline even if done")
+@option("force", default=False, type=bool, show_default=True, help="redo lanes and evaluations even if done")
 @option("registered_model", default=REGISTERED_MODEL, show_default=True, help="registry name")
 @option("out", default="submit.zip", show_default=True, help="where to write the submission zip")
 @option("verify", default="files", show_default=True, type=click.Choice(["files", "vllm"]), help="vllm: also load the package")
 def pipeline(model, lanes, only, calib, force, registered_model, out, verify, **settings):
-    """Baseline, every lane through its steps and evaluate, then rank and promote; resumable."""
+    """Every lane through its steps, then all evaluated beside the base in one session, rank, promote."""
     from exatrack.evaluate import Settings
     from exatrack.pipeline import pipeline as run_pipeline
-    from exatrack.rank import markdown
+    from exatrack.render import markdown
 
     done = run_pipeline(model, lanes, Settings(**settings), only, None if calib == "auto" else calib, force,
                         registered_model, out, verify)
     for lane, status in done.lanes.items():
         click.echo(f"lane {lane}: {status}")
     click.echo(markdown(done.board))
-    click.echo(f"submission: {done.submission}" if done.submission else "no submission: no lane was scored")
+    click.echo(f"submission: {done.submission}" if done.submission else "no submission from this pipeline")
+    if done.failed:
+        raise click.ClickException(f"{len(done.failed)} of {len(done.lanes)} lanes failed ({', '.join(done.failed)}); "
+                                   "see their runs' exatrack.error tag, fix and run the pipeline again")
 
 
 @main.command("serving-env")

@@ -12,7 +12,8 @@ in memory together. The store is logged as `teacher_topk.safetensors`; passing i
 import functools
 import tempfile
 
-from exatrack import ExatrackError, compress, models, torch_device, train
+from exatrack import ExatrackError, checkpoint, models, torch_device, train
+from exatrack.proxy import quality_proxy
 
 STORE = "teacher_topk.safetensors"
 PARAMS = {
@@ -83,15 +84,15 @@ def check_vocabulary(student, teacher) -> None:
                             "distil between models that share a tokenizer")
 
 
-def load_model(ref: str, dtype=None):
+def load_model(folder, dtype=None):
     import torch
     from transformers import AutoModelForCausalLM
 
     dtype = dtype or (torch.bfloat16 if torch_device() == "cuda" else torch.float32)
-    return AutoModelForCausalLM.from_pretrained(models.resolve(ref), dtype=dtype).to(torch_device())
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(torch_device())
 
 
-def training_data(values: dict, calib: str, tokenizer, teacher: str):
+def training_data(values: dict, calib: str, tokenizer, teacher):
     """The blocks to train on and, unless online, the teacher's top-k store for them."""
     import mlflow
     from safetensors.torch import save_file
@@ -102,14 +103,14 @@ def training_data(values: dict, calib: str, tokenizer, teacher: str):
     blocks = train.blocks(calib, tokenizer, values)
     if not values["top_k"]:
         return blocks, None
-    store = precompute(load_model(teacher).eval(), blocks, values["top_k"], values["batch_size"])
+    store = precompute(load_model(teacher.folder).eval(), blocks, values["top_k"], values["batch_size"])
     with tempfile.TemporaryDirectory() as tmp:
         save_file(store, f"{tmp}/{STORE}")
         mlflow.log_artifact(f"{tmp}/{STORE}")
     return blocks, store
 
 
-def loss_function(blocks, store: dict | None, teacher: str, temperature: float):
+def loss_function(blocks, store: dict | None, teacher, temperature: float):
     """The student's loss on a batch of block indices: against the store, or against the teacher run online."""
     import torch
 
@@ -119,7 +120,7 @@ def loss_function(blocks, store: dict | None, teacher: str, temperature: float):
             return kl_top_k(net(blocks[batch].to(device)).logits, store["ids"][batch].to(device),
                             store["values"][batch].to(device), temperature)
         return from_store
-    reference = load_model(teacher).eval().requires_grad_(False)
+    reference = load_model(teacher.folder).eval().requires_grad_(False)
 
     def online(net, batch):
         ids = blocks[batch].to(device)
@@ -129,27 +130,27 @@ def loss_function(blocks, store: dict | None, teacher: str, temperature: float):
     return online
 
 
-def distill(model: str, params: dict, calib: str | None = None, parent_run_id: str | None = None,
+def distill(ref: str, params: dict, calib: str | None = None, parent_run_id: str | None = None,
             tags: dict | None = None) -> str:
     import mlflow
     import torch
     from transformers import AutoTokenizer
 
-    with compress.step("distill", model, PARAMS, params, calib, parent_run_id, tags) as (active, values, calib):
-        teacher = values["teacher"] or models.source_model(model)
-        if teacher == model and not values["teacher_logits"]:
-            raise ExatrackError(f"the student {model} would be its own teacher; pass another --teacher (e.g. the unpruned model)")
-        mlflow.set_tag("exatrack.teacher", teacher)  # the teacher param may be empty: 'what the student derives from'
-        source, teacher_folder = models.resolve(model), models.resolve(teacher)
-        check_vocabulary(source, teacher_folder)
-        start = compress.quality_proxy(teacher_folder, source)
+    with checkpoint.step("distill", ref, PARAMS, params, calib, parent_run_id, tags) as (active, model, values, calib):
+        teacher_ref = values["teacher"] or model.source
+        if teacher_ref == ref and not values["teacher_logits"]:
+            raise ExatrackError(f"the student {ref} would be its own teacher; pass another --teacher (e.g. the unpruned model)")
+        mlflow.set_tag("exatrack.teacher", teacher_ref)  # the teacher param may be empty: 'what the student derives from'
+        teacher = models.resolve(teacher_ref)
+        check_vocabulary(model.folder, teacher.folder)
+        start = quality_proxy(teacher.folder, model.folder)
         mlflow.log_metrics({f"start_{key}": v for key, v in start.items() if key != "proxy_tokens"})
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(model.folder)
         blocks, store = training_data(values, calib, tokenizer, teacher)
         mlflow.log_metric("train_blocks", len(blocks))
-        student = load_model(model, torch.float32)  # float32 master weights; bf16 autocast on a GPU
+        student = load_model(model.folder, torch.float32)  # float32 master weights; bf16 autocast on a GPU
         loss_of = loss_function(blocks, store, teacher, values["temperature"])
-        train.fit(student, len(blocks), loss_of, values, values["lr"], f"distill {model} from {teacher}")
-        compress.log_checkpoint(model, source, functools.partial(compress.save_bf16, student.cpu(), tokenizer),
-                                reference=teacher_folder)
+        train.fit(student, len(blocks), loss_of, values, values["lr"], f"distill {ref} from {teacher_ref}")
+        checkpoint.log_checkpoint(model, functools.partial(checkpoint.save_bf16, student.cpu(), tokenizer),
+                                  reference=teacher.folder)
         return active.info.run_id

@@ -1,24 +1,34 @@
-"""`evaluate` and `baseline`: measure a checkpoint the way the challenge does, in vLLM, on one run.
+"""`evaluate`: measure a base and its candidates the way the challenge does, in vLLM, in ONE paired
+serving session (worker.py), and log each model's evaluation as a run of its own.
 
-Logged: `<benchmark>.<metric>`, `perf` (the mean of the benchmarks that scored), `gen_time_s`,
-`gen_tokens`, `bench_sec_per_token`, a predictions table per benchmark, and the evaluation
-fingerprint: what must be equal for two runs' scores to be comparable (benchmarks and their rows,
-generation settings, vLLM version, device). `rank` never scores a run against a base of another
-fingerprint.
+An evaluation run is nested under the run that made the checkpoint (the lane's run), so a crash or a
+typo during evaluation never touches that run: it stays FINISHED and reusable. MLflow's nested runs
+were chosen over MLflow 3's logged models: the checkpoint is a plain artifact folder that vLLM
+loads, not a flavour `log_model` writes, and the run tree is what the UI shows at a glance.
+
+Logged on every evaluation run: `<benchmark>.<metric>`, `perf`, `gen_time_s`, `gen_tokens`,
+`bench_sec_per_token`, a predictions table per benchmark, `paired.json` (per-row scores and per-chunk
+times, what score.py's intervals resample), the fingerprint (what must be equal for two runs' scores
+to be comparable) and the session id (which runs were timed side by side).
 """
 
 import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, replace
+import uuid
+from dataclasses import asdict, dataclass
 
-from exatrack import ExatrackError, models, serving, tracking
+from exatrack import ExatrackError, models, serving, stats, tracking
 from exatrack.bench import REGISTRY, content_hash, subset
+from exatrack.models import Model
 
 log = logging.getLogger(__name__)
 ALL = "kmmlu_pro,kmmlu_redux,ko_longrag,komt_bench"
-EVAL_KEY = "exatrack.eval_key"  # the tag naming what an evaluation measured with (see eval_key)
+INPUTS = "exatrack.eval_inputs"  # tag: the hash of what an evaluation was asked to do, to find it again
+FINGERPRINT = "exatrack.fingerprint"  # tag: the hash of the conditions two scores must share to compare
+SESSION = "exatrack.session"  # tag: the serving session an evaluation was timed in, beside its base
+BASE = "exatrack.base"
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,17 @@ class Settings:
     max_model_len: int = 0  # 0 = the model's own
     eager: bool = False  # skip torch.compile/CUDA graphs: faster start, slower decode
     kv_cache_dtype: str = "auto"
+    chunks: int = 16  # each benchmark is cut into this many chunks, each run on every model in turn
+    repeats: int = 1  # timed runs of each chunk per model; the fastest counts (jitter only adds time)
+    group: int = 6  # models loaded side by side in one session (the base included); more go in further sessions
+
+    def check(self) -> None:
+        """Everything that needs no model: refused before any engine starts."""
+        self.names()
+        self.sources()
+        for name, low in (("limit", 0), ("max_tokens", 1), ("max_model_len", 0), ("chunks", 1), ("repeats", 1), ("group", 2)):
+            if getattr(self, name) < low:
+                raise ExatrackError(f"{name}={getattr(self, name)} is out of range; it must be at least {low}")
 
     def names(self) -> list[str]:
         names = [n.strip() for n in self.benchmarks.split(",") if n.strip()]
@@ -55,132 +76,211 @@ class Settings:
         return {name: overrides.get(name, default) for name in REGISTRY}
 
 
-def engine_args(settings: Settings) -> dict:
-    args = {"seed": 0, "gpu_memory_utilization": serving.memory_share(), "enforce_eager": settings.eager}
-    if settings.max_model_len:
-        args["max_model_len"] = settings.max_model_len
-    if settings.kv_cache_dtype != "auto":
-        args["kv_cache_dtype"] = settings.kv_cache_dtype
-    return args
+def inputs_hash(ref: str, settings: Settings) -> str:
+    """What an evaluation is asked to do (model, settings, machine, serving spec): a finished
+    evaluation with the same hash is reused instead of run again."""
+    from exatrack.worker import device_name  # standard library only: cheap here too
+
+    serving_env = os.environ.get("EXATRACK_SERVING_PYTHON") or serving.spec()
+    parts = [ref, asdict(settings), device_name(), serving_env]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def kv_cache_dtype_of(folder) -> str | None:
-    """The KV cache dtype the checkpoint's quantization_config was calibrated for, if any."""
-    config = json.loads((folder / "config.json").read_text())
-    scheme = (config.get("quantization_config") or {}).get("kv_cache_scheme") or {}
-    return "fp8" if scheme.get("type") == "float" and scheme.get("num_bits") == 8 else None
-
-
-def required_by_run(model: str) -> dict:
-    """Hardware the checkpoint's recipe needs, as its quantize run recorded it."""
-    import mlflow
-
-    run_id = models.run_id_of(model)
-    if not run_id:
-        return {}
-    tags = mlflow.get_run(run_id).data.tags
-    prefix = "exatrack.requires."
-    return {k[len(prefix):]: v for k, v in tags.items() if k.startswith(prefix)}
-
-
-def fingerprint(settings: Settings, rows: dict, response: dict) -> dict:
+def fingerprint(settings: Settings, rows: dict, response: dict, max_model_len: int) -> dict:
     return {
         "benchmarks": {name: {"rows": len(r), "content": content_hash(r)} for name, r in rows.items()},
         "generation": {"max_tokens": settings.max_tokens, "thinking": settings.thinking, "greedy": settings.greedy,
-                       "max_model_len": response["max_model_len"], "eager": settings.eager, "chat_template": True},
+                       "max_model_len": max_model_len, "eager": settings.eager, "chat_template": True},
+        "timing": {"chunks": settings.chunks, "repeats": settings.repeats},
         "vllm": response["vllm_version"],
         "device": response["device"],
     }
 
 
-def fingerprint_id(print_: dict) -> str:
-    return hashlib.sha256(json.dumps(print_, sort_keys=True).encode()).hexdigest()[:16]
+def fingerprint_id(conditions: dict) -> str:
+    return hashlib.sha256(json.dumps(conditions, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def eval_key(model: str, settings: Settings) -> str:
-    """Identifies an evaluation before it runs (model, settings, machine, serving spec), for reuse."""
-    from exatrack.worker import device_name  # standard library only: cheap here too
+def engine_args(settings: Settings, model: Model, engines: int) -> dict:
+    args = {"seed": 0, "gpu_memory_utilization": serving.memory_share() / engines, "enforce_eager": settings.eager}
+    if settings.max_model_len:
+        args["max_model_len"] = settings.max_model_len
+    kv_cache = settings.kv_cache_dtype if settings.kv_cache_dtype != "auto" else model.kv_cache_dtype
+    if kv_cache:
+        args["kv_cache_dtype"] = kv_cache  # passed explicitly: vLLM must use what the checkpoint was calibrated for
+    return args
 
-    serving_env = os.environ.get("EXATRACK_SERVING_PYTHON") or serving.spec()
-    parts = [model, asdict(settings), device_name(), serving_env]
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+@dataclass
+class Evaluated:
+    """What `evaluate` hands on: each model's evaluation run, by reference."""
+
+    base: str  # the base's evaluation run id
+    runs: dict  # candidate ref -> its evaluation run id
+    failed: dict  # candidate ref -> why it could not be evaluated
 
 
-def evaluate(model: str, settings: Settings, baseline: bool = False, parent_run_id: str | None = None) -> str:
-    """Evaluate `model`; log onto its own run when it is a run's checkpoint, else onto a new run."""
-    run_id = None if baseline else models.run_id_of(model)
-    with tracking.run("baseline" if baseline else "evaluate", run_id=run_id, run_name="baseline" if baseline else None,
-                      parent_run_id=parent_run_id) as active:
-        serving.check_requirements(required_by_run(model), model)
-        names, sources = settings.names(), settings.sources()
-        rows = {name: subset(REGISTRY[name].load(sources[name]), settings.limit) for name in names}
-        folder = models.resolve(model)
-        kv_needed = kv_cache_dtype_of(folder)
-        if kv_needed and settings.kv_cache_dtype == "auto":
-            settings = replace(settings, kv_cache_dtype=kv_needed)  # pass it explicitly: vLLM must use it
-        request = {
-            "engine": engine_args(settings),
-            "thinking": settings.thinking,
-            "sampling": {"temperature": 0.0, "max_tokens": settings.max_tokens},
-            "benchmarks": {name: REGISTRY[name].conversations(r, settings.greedy) for name, r in rows.items()},
+def evaluate(base: Model, candidates: list[Model], settings: Settings, parent_run_id: str | None = None,
+             lanes: dict | None = None) -> Evaluated:
+    """The base and the candidates in sessions of at most `settings.group` models, the base in each."""
+    settings.check()
+    for model in candidates:
+        serving.check_requirements(model.requires, model.ref)
+    names, sources = settings.names(), settings.sources()
+    rows = {name: subset(REGISTRY[name].load(sources[name]), settings.limit) for name in names}
+    per_session = settings.group - 1
+    groups = [candidates[i:i + per_session] for i in range(0, len(candidates), per_session)] or [[]]
+    done = Evaluated("", {}, {})
+    for group in groups:
+        session = Session(base, group, settings, rows, sources, parent_run_id, lanes or {})
+        base_run, runs, failed = session.run()
+        done.base = done.base or base_run
+        done.runs.update(runs)
+        done.failed.update(failed)
+    return done
+
+
+class Session:
+    """One serving session: its runs opened first (so a crash marks them FAILED), then the worker."""
+
+    def __init__(self, base, candidates, settings, rows, sources, parent_run_id, lanes):
+        self.models = {"base": base, **{f"candidate{i}": m for i, m in enumerate(candidates)}}
+        self.settings, self.rows, self.sources = settings, rows, sources
+        self.parent_run_id, self.lanes = parent_run_id, lanes
+        self.id = uuid.uuid4().hex[:12]
+
+    def request(self) -> dict:
+        engines = len(self.models)
+        benchmarks = {}
+        for name, rows in self.rows.items():
+            conversations = REGISTRY[name].conversations(rows, self.settings.greedy)
+            size = -(-len(conversations) // self.settings.chunks)
+            benchmarks[name] = {"conversations": conversations, "chunk_size": max(1, size)}
+        return {
+            "models": [{"name": key, "path": str(m.folder), "engine": engine_args(self.settings, m, engines)}
+                       for key, m in self.models.items()],
+            "thinking": self.settings.thinking,
+            "sampling": {"temperature": 0.0, "max_tokens": self.settings.max_tokens},
+            "repeats": self.settings.repeats,
+            "benchmarks": benchmarks,
         }
-        response = serving.generate(folder, request)
-        check_kv_cache(settings, response)
-        results = {name: REGISTRY[name].score(rows[name], response["benchmarks"][name]["answers"]) for name in names}
-        print_ = fingerprint(settings, rows, response)
-        log_evaluation(model, settings, baseline, sources, rows, response, results, print_)
-        import mlflow
 
-        mlflow.set_tag(EVAL_KEY, eval_key(model, settings))
-        return active.info.run_id
+    def run(self) -> tuple[str, dict, dict]:
+        from mlflow import MlflowClient
+
+        client = MlflowClient()
+        opened = {key: self.open_run(client, key, model) for key, model in self.models.items()}
+        pending = dict(opened)  # runs not ended yet: a crash anywhere below ends them FAILED
+        try:
+            response = serving.run_session(self.request(), " and ".join(m.ref for m in self.models.values()))
+            if error := response["models"]["base"].get("error"):
+                raise ExatrackError(f"vLLM could not serve the base {self.models['base'].ref}: {error}")
+            failed = {}
+            for key, model in self.models.items():
+                if error := response["models"][key].get("error"):
+                    failed[model.ref] = error
+                    end_failed(client, pending.pop(key), error)
+                    continue
+                with tracking.run("evaluation", run_id=pending.pop(key)):
+                    log_evaluation(model, self, response)
+        except BaseException as err:
+            for run_id in pending.values():
+                end_failed(client, run_id, str(getattr(err, "message", err)))
+            raise
+        runs = {m.ref: opened[k] for k, m in self.models.items() if k != "base" and m.ref not in failed}
+        return opened["base"], runs, failed
+
+    def open_run(self, client, key: str, model: Model) -> str:
+        parent = model.run_id or self.parent_run_id
+        lane = self.lanes.get(model.ref)
+        # Every run of a session is on the board of its base: the model it was measured against.
+        tags = {"exatrack.kind": "evaluation", SESSION: self.id, "exatrack.evaluated_model": model.ref,
+                models.SOURCE_MODEL: self.models["base"].source, INPUTS: inputs_hash(model.ref, self.settings),
+                "mlflow.note.content": description(model, key == "base", lane)}
+        if parent:
+            tags["mlflow.parentRunId"] = parent
+        if model.run_id:
+            tags["exatrack.checkpoint_run"] = model.run_id
+        if lane:
+            tags["exatrack.lane"] = lane
+        if key == "base":
+            tags[BASE] = "true"
+        if commit := tracking.git_commit():
+            tags["mlflow.source.git.commit"] = commit
+        name = f"eval {'base' if key == 'base' else lane or model.ref}"
+        return client.create_run(tracking.use_experiment(), run_name=name, tags=tags).info.run_id
 
 
-def check_kv_cache(settings: Settings, response: dict) -> None:
-    """The team's FP8-KV attempt silently ran with a bf16 cache: say so when vLLM used another dtype."""
+
+def end_failed(client, run_id: str, why: str) -> None:
+    client.set_tag(run_id, "exatrack.error", tracking.redact(why)[:5000])
+    client.set_terminated(run_id, "FAILED")
+
+
+def description(model: Model, is_base: bool, lane: str | None) -> str:
+    what = "the base (uncompressed) model" if is_base else f"lane {lane}" if lane else model.ref
+    return (f"Evaluation of {what} ({model.ref}) in vLLM, timed side by side with its base in one serving "
+            "session; `rank` adds perf_norm, speed_norm and score with 95% intervals.")
+
+
+def log_evaluation(model: Model, session: Session, response: dict) -> None:
     import mlflow
 
-    asked, used = settings.kv_cache_dtype, response["kv_cache_dtype"]
-    if asked != "auto" and not used.startswith(asked):
-        log.warning("asked vLLM for a %s KV cache but it used %s", asked, used)
-        mlflow.set_tag("exatrack.kv_cache_mismatch", f"asked {asked}, vLLM used {used}")
-
-
-def log_evaluation(model, settings, baseline, sources, rows, response, results, print_) -> None:
-    import mlflow
-
-    generated = response["benchmarks"]
-    scored = {name: r.metrics[REGISTRY[name].primary] for name, r in results.items() if r.metrics[REGISTRY[name].primary] is not None}
-    gen_time = sum(g["gen_time_s"] for g in generated.values())
-    gen_tokens = sum(g["gen_tokens"] for g in generated.values())
-    metrics = {f"{name}.{key}": value for name, r in results.items() for key, value in r.metrics.items() if value is not None}
-    metrics.update({f"{name}.gen_time_s": g["gen_time_s"] for name, g in generated.items()})
-    metrics.update({f"{name}.gen_tokens": g["gen_tokens"] for name, g in generated.items()})
-    metrics.update(gen_time_s=gen_time, gen_tokens=gen_tokens, load_time_s=response["load_time_s"])
-    if gen_tokens:
-        metrics["bench_sec_per_token"] = gen_time / gen_tokens
-    if scored:
-        metrics["perf"] = sum(scored.values()) / len(scored)
-    mlflow.log_metrics(metrics)
+    key = next(k for k, m in session.models.items() if m is model)
+    settings, rows = session.settings, session.rows
+    generated = {name: bench[key] for name, bench in response["benchmarks"].items()}
+    answers = {name: g["answers"] for name, g in generated.items()}
+    results = {name: REGISTRY[name].score(rows[name], answers[name]) for name in rows}
+    used = response["models"][key]
+    check_kv_cache(engine_args(settings, model, 1).get("kv_cache_dtype"), used["kv_cache_dtype"])
+    conditions = fingerprint(settings, rows, response, response["models"]["base"]["max_model_len"])
+    mlflow.log_metrics(evaluation_metrics(results, generated, used["load_time_s"]))
+    scored = [n for n, r in results.items() if r.metrics[REGISTRY[n].primary] is not None]
     tags = {
-        "exatrack.fingerprint": fingerprint_id(print_),
+        FINGERPRINT: fingerprint_id(conditions),
         "exatrack.vllm_version": response["vllm_version"],
         "exatrack.device": response["device"],
-        "exatrack.kv_cache_dtype": response["kv_cache_dtype"],
+        "exatrack.kv_cache_dtype": used["kv_cache_dtype"],
         "exatrack.perf_benchmarks": ",".join(scored),
-        "exatrack.timing": ",".join(sorted({g["timing"] for g in generated.values()})),
-        "exatrack.evaluated_model": model,
-        **{f"eval.{key}": str(value) for key, value in asdict(settings).items()},
-        **{f"eval.source.{name}": sources[name] for name in rows},
-        **{f"{name}.{key}": str(value) for name, r in results.items() for key, value in r.notes.items()},
+        "exatrack.timing": ",".join(sorted({g["clock"] for g in generated.values()})),
+        **{f"eval.{k}": str(v) for k, v in asdict(settings).items()},
+        **{f"eval.source.{name}": session.sources[name] for name in rows},
+        **{f"{name}.{k}": str(v) for name, r in results.items() for k, v in r.notes.items()},
     }
-    if baseline:
-        tags.update({"exatrack.base": "true", models.SOURCE_MODEL: model})
     mlflow.set_tags({k: tracking.redact(v) for k, v in tags.items()})
-    mlflow.log_dict(print_, "fingerprint.json")
+    mlflow.log_dict(conditions, "fingerprint.json")
+    mlflow.log_dict({"items": {name: REGISTRY[name].item_scores(r) for name, r in results.items()},
+                     "chunks": {name: g["chunks"] for name, g in generated.items()}}, "paired.json")
     for name, result in results.items():
-        table = {key: [str(p.get(key)) if key in ("parsed", "gold", "id") else p.get(key) for p in result.predictions]
-                 for key in result.predictions[0]}
+        table = {k: [str(p.get(k)) if k in ("parsed", "gold", "id") else p.get(k) for p in result.predictions]
+                 for k in result.predictions[0]}
         mlflow.log_table(table, artifact_file=f"predictions/{name}.json")
     skipped = [name for name in results if name not in scored]
     if skipped:
         log.warning("left out of perf (no score): %s", ", ".join(skipped))
+
+
+def evaluation_metrics(results: dict, generated: dict, load_time_s: float) -> dict:
+    """The challenge's quantities. Generation time is every chunk's time summed; with repeats, a chunk's
+    time is its fastest run, the one host jitter disturbed least (the generations are the same)."""
+    seconds = {name: sum(stats.chunk_time(c) for c in g["chunks"]) for name, g in generated.items()}
+    tokens = {name: sum(c["tokens"] for c in g["chunks"]) for name, g in generated.items()}
+    metrics = {f"{name}.{k}": v for name, r in results.items() for k, v in r.metrics.items() if v is not None}
+    metrics.update({f"{name}.gen_time_s": s for name, s in seconds.items()})
+    metrics.update({f"{name}.gen_tokens": t for name, t in tokens.items()})
+    metrics.update(gen_time_s=sum(seconds.values()), gen_tokens=sum(tokens.values()), load_time_s=load_time_s)
+    if metrics["gen_tokens"]:
+        metrics["bench_sec_per_token"] = metrics["gen_time_s"] / metrics["gen_tokens"]
+    scored = [r.metrics[REGISTRY[n].primary] for n, r in results.items() if r.metrics[REGISTRY[n].primary] is not None]
+    if scored:
+        metrics["perf"] = sum(scored) / len(scored)
+    return metrics
+
+
+def check_kv_cache(asked: str | None, used: str) -> None:
+    """The team's FP8-KV attempt silently ran with a bf16 cache: say so when vLLM used another dtype."""
+    import mlflow
+
+    if asked and not used.startswith(asked):
+        log.warning("asked vLLM for a %s KV cache but it used %s", asked, used)
+        mlflow.set_tag("exatrack.kv_cache_mismatch", f"asked {asked}, vLLM used {used}")

@@ -1,52 +1,129 @@
-"""Model references, resolved to a local folder in one place.
+"""Model references, resolved once into a `Model` that every later step takes as it is.
 
 A reference is a hub id (default LGAI-EXAONE/EXAONE-4.0-1.2B), a local folder, `tiny` (the built-in
-tiny EXAONE-4), or an MLflow URI (`runs:/<id>/<path>`, `models:/<name>@<alias>`).
+tiny EXAONE-4), or an MLflow URI (`runs:/<id>/<path>`, `models:/<name>@<alias>`, `models:/<name>/<n>`).
 """
 
+import json
 import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
-from exatrack import ExatrackError
+from exatrack import ExatrackError, cache_dir
 
 DEFAULT_MODEL = "LGAI-EXAONE/EXAONE-4.0-1.2B"
 SOURCE_MODEL = "exatrack.source_model"  # the tag naming the uncompressed model a run's checkpoint derives from
+REQUIRES = "exatrack.requires."  # tags of the hardware a checkpoint's recipe needs, e.g. .compute_capability
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+RUN_URI = re.compile(r"^runs:/([0-9a-f]+)/(.+?)/?$")
 # What vLLM needs from a checkpoint; weights, config, tokenizer and templates, nothing else.
 CHECKPOINT_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]
 
 
-def resolve(ref: str) -> Path:
+@dataclass(frozen=True)
+class Model:
+    ref: str  # as the user wrote it; what params and tags show
+    folder: Path  # the local folder transformers and vLLM load
+    run_id: str | None = None  # the run whose artifact this checkpoint is
+    source: str = ""  # the uncompressed model it derives from, followed back through the runs that made it
+    requires: dict = field(default_factory=dict)  # hardware vLLM needs to serve it, as its recipe declared
+
+    @property
+    def kv_cache_dtype(self) -> str | None:
+        """The KV cache dtype the checkpoint's quantization_config was calibrated for, if any."""
+        scheme = (self.config().get("quantization_config") or {}).get("kv_cache_scheme") or {}
+        return "fp8" if scheme.get("type") == "float" and scheme.get("num_bits") == 8 else None
+
+    def config(self) -> dict:
+        try:
+            return json.loads((self.folder / "config.json").read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ExatrackError(f"{self.ref}: config.json does not parse ({str(err)[:120]}); re-create the checkpoint")
+
+
+def resolve(ref: str) -> Model:
     if ref == "tiny":
         from exatrack.tiny import tiny_path
 
-        return tiny_path()
-    if ref.startswith(("runs:/", "models:/")):
-        return from_mlflow(ref)
+        return Model(ref, tiny_path(), source=ref)
+    if ref.startswith("models:/"):
+        return from_registry(ref)
+    if match := RUN_URI.match(ref):
+        return from_run(ref, match.group(1), match.group(2))
     path = Path(ref).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
             raise ExatrackError(f"{path} has no config.json; pass a Hugging Face model folder")
-        return path.resolve()
+        return Model(ref, path.resolve(), source=ref)
     if HUB_ID.match(ref) and not ref.startswith((".", "/")):
-        return from_hub(ref)
+        return Model(ref, from_hub(ref), source=ref)
     raise ExatrackError(
         f"no model at '{ref}': pass an existing folder, a hub id such as {DEFAULT_MODEL}, tiny, runs:/<id>/checkpoint "
         "or models:/<name>@<alias>"
     )
 
 
-def from_mlflow(uri: str) -> Path:
-    import mlflow
+def from_run(ref: str, run_id: str, artifact: str) -> Model:
+    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     try:
-        path = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        run = MlflowClient().get_run(run_id)
+    except MlflowException as err:
+        raise ExatrackError(f"no run {run_id} in the tracking store ({str(err).splitlines()[0][:150]}); "
+                            "check the run id (`mlflow runs list`) and MLFLOW_TRACKING_URI")
+    folder = artifact_folder(run, artifact, ref)
+    tags = run.data.tags
+    requires = {k[len(REQUIRES):]: v for k, v in tags.items() if k.startswith(REQUIRES)}
+    return Model(ref, folder, run_id, tags.get(SOURCE_MODEL, ref), requires)
+
+
+def from_registry(ref: str) -> Model:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    name, _, which = ref[len("models:/"):].replace("@", "/", 1).partition("/")
+    client = MlflowClient()
+    try:
+        version = client.get_model_version(name, which) if which.isdigit() else client.get_model_version_by_alias(name, which)
+    except MlflowException:
+        raise ExatrackError(f"{name} has no version or alias '{which}'; run `exatrack rank` first, or name a version number")
+    return from_run(ref, version.run_id, "checkpoint")
+
+
+def artifact_folder(run, artifact: str, ref: str) -> Path:
+    """A local artifact store is read in place; a remote one is downloaded once per run into the cache."""
+    root = urlparse(run.info.artifact_uri)
+    if root.scheme in ("", "file"):
+        folder = Path(root.path) / artifact
+    else:
+        folder = cache_dir() / "artifacts" / run.info.run_id / artifact
+        if not (folder / "config.json").exists():
+            download(run.info.run_id, artifact, folder, ref)
+    if not (folder / "config.json").exists():
+        raise ExatrackError(f"{ref} holds no config.json; point at the checkpoint folder, e.g. runs:/<id>/checkpoint")
+    return folder
+
+
+def download(run_id: str, artifact: str, folder: Path, ref: str) -> None:
+    """Into a temporary sibling, then renamed: a crash never leaves half a checkpoint in the cache."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".download-"))
+    try:
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(tmp))
+        shutil.rmtree(folder, ignore_errors=True)
+        (tmp / artifact).rename(folder)
     except (MlflowException, OSError) as err:
-        raise ExatrackError(f"cannot fetch {uri} from the tracking store ({str(err).splitlines()[0][:200]}); check the run id or alias")
-    if not (path / "config.json").exists():
-        raise ExatrackError(f"{uri} holds no config.json; point at the checkpoint folder, e.g. runs:/<id>/checkpoint")
-    return path
+        raise ExatrackError(f"cannot fetch {ref} from the tracking store ({str(err).splitlines()[0][:200]}); "
+                            "check the run id and MLFLOW_TRACKING_URI")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def from_hub(repo_id: str) -> Path:
@@ -59,19 +136,3 @@ def from_hub(repo_id: str) -> Path:
             f"cannot download {repo_id} from the Hugging Face Hub ({type(err).__name__}); "
             "check the id, your network and HF_TOKEN, or pass a local folder"
         )
-
-
-def run_id_of(ref: str) -> str | None:
-    """The run a `runs:/` reference points into, so results can be logged next to the checkpoint."""
-    match = re.match(r"^runs:/([0-9a-f]+)/", ref)
-    return match.group(1) if match else None
-
-
-def source_model(ref: str) -> str:
-    """The uncompressed model a reference derives from, followed back through the runs that made it."""
-    run_id = run_id_of(ref)
-    if not run_id:
-        return ref
-    import mlflow
-
-    return mlflow.get_run(run_id).data.tags.get(SOURCE_MODEL, ref)

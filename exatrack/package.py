@@ -3,15 +3,16 @@ with only what vLLM needs, checked before anything is logged or the `submission`
 """
 
 import json
+import logging
 import shutil
 import tempfile
 import zipfile
 from pathlib import Path
 
 from exatrack import ExatrackError, models, tracking
-from exatrack.rank import CHAMPION, REGISTERED_MODEL
+from exatrack.registry import CHAMPION, REGISTERED_MODEL, SUBMISSION
 
-SUBMISSION = "submission"
+log = logging.getLogger(__name__)
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
                    "tokenizer.model"]
 KEEP = ["config.json", "generation_config.json", "chat_template.jinja", *TOKENIZER_FILES]
@@ -62,11 +63,15 @@ def check(folder: Path) -> list[str]:
 def verify_with_vllm(folder: Path) -> str:
     from exatrack import serving
 
-    request = {"engine": {"seed": 0, "gpu_memory_utilization": serving.memory_share(), "enforce_eager": True},
-               "thinking": False, "sampling": {"temperature": 0.0, "max_tokens": 16},
-               "benchmarks": {"smoke": [{"turns": ["한국의 수도는 어디인가요?"]}]}}
-    answer = serving.generate(folder, request)["benchmarks"]["smoke"]
-    if not answer["gen_tokens"]:
+    request = {"models": [{"name": "package", "path": str(folder),
+                           "engine": {"seed": 0, "gpu_memory_utilization": serving.memory_share(), "enforce_eager": True}}],
+               "thinking": False, "sampling": {"temperature": 0.0, "max_tokens": 16}, "repeats": 1,
+               "benchmarks": {"smoke": {"conversations": [{"turns": ["한국의 수도는 어디인가요?"]}], "chunk_size": 1}}}
+    response = serving.run_session(request, str(folder))
+    if error := response["models"]["package"].get("error"):
+        raise ExatrackError(f"vLLM could not load {folder} ({error}); the package is not submitted")
+    answer = response["benchmarks"]["smoke"]["package"]
+    if not sum(answer["tokens"][0]):
         raise ExatrackError(f"vLLM loaded {folder} but generated nothing; the package is not submitted")
     return answer["answers"][0][0]
 
@@ -104,7 +109,12 @@ def promote(version: str = CHAMPION, model_name: str = REGISTERED_MODEL, out: st
     with tracking.run("promote", run_name="promote", parent_run_id=parent_run_id):
         chosen = version_of(client, model_name, version)
         mlflow.log_params({"registered_model": model_name, "version": chosen.version, "asked": version, "verify": verify})
-        source = models.resolve(f"models:/{model_name}/{chosen.version}")
+        tied = (chosen.tags or {}).get("tied_with")
+        if tied:
+            log.warning("version %s is statistically tied with %s: the choice between them is inside the noise",
+                        chosen.version, tied)
+            mlflow.set_tag("exatrack.tied_with", tied)
+        source = models.resolve(f"models:/{model_name}/{chosen.version}").folder
         with tempfile.TemporaryDirectory() as tmp:
             package = Path(tmp) / "model"
             package.mkdir()

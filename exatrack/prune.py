@@ -11,7 +11,7 @@ import functools
 import json
 import time
 
-from exatrack import ExatrackError, calibration, compress, models, torch_device, tracking
+from exatrack import ExatrackError, calibration, checkpoint, torch_device, tracking
 
 
 def layer_statistics(model, batches) -> tuple[list[float], list]:
@@ -95,16 +95,15 @@ PARAMS = {
 }
 
 
-def prune(model: str, params: dict, calib: str | None = None, parent_run_id: str | None = None,
+def prune(ref: str, params: dict, calib: str | None = None, parent_run_id: str | None = None,
           tags: dict | None = None) -> str:
     import mlflow
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with compress.step("prune", model, PARAMS, params, calib, parent_run_id, tags) as (active, values, calib):
-        source = models.resolve(model)
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        net = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).to(torch_device()).eval()
+    with checkpoint.step("prune", ref, PARAMS, params, calib, parent_run_id, tags) as (active, model, values, calib):
+        tokenizer = AutoTokenizer.from_pretrained(model.folder)
+        net = AutoModelForCausalLM.from_pretrained(model.folder, dtype=torch.float32).to(torch_device()).eval()
         layers, drop, keep, ffn = len(net.model.layers), values["drop"], values["keep"], values["ffn"]
         count = layers - keep if keep else drop
         if not 0 <= count < layers or (drop and keep):
@@ -124,5 +123,5 @@ def prune(model: str, params: dict, calib: str | None = None, parent_run_id: str
         mlflow.log_dict({"importance": importance, "dropped": dropped, "ffn": ffn}, "prune.json")
         tracking.log_figure(plot(importance, dropped), "layer_importance.png")
         mlflow.set_tag("exatrack.pruned_layers", json.dumps(dropped))
-        compress.log_checkpoint(model, source, functools.partial(compress.save_bf16, net, tokenizer))
+        checkpoint.log_checkpoint(model, functools.partial(checkpoint.save_bf16, net, tokenizer))
         return active.info.run_id

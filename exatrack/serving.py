@@ -123,12 +123,7 @@ def root_cause(lines: list[str]) -> str:
     return lines[-1] if lines else "no output"
 
 
-def generate(model: Path, request: dict) -> dict:
-    """Run the worker on one checkpoint."""
-    return call_worker({"model": str(model), **request}, str(model))
-
-
-def call_worker(request: dict, what: str) -> dict:
+def run_session(request: dict, what: str) -> dict:
     """Run the worker; its log streams through, and the engine's first exception explains a failure."""
     with tempfile.TemporaryDirectory() as tmp:
         request_file, response_file = Path(tmp) / "request.json", Path(tmp) / "response.json"

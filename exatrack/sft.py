@@ -7,7 +7,7 @@ every token, as TRL's SFTTrainer does by default for conversational data.
 
 import functools
 
-from exatrack import ExatrackError, compress, models, torch_device, train
+from exatrack import ExatrackError, checkpoint, torch_device, train
 
 PARAMS = {
     "lora_rank": {"default": 16, "ge": 1, "help": "LoRA rank r"},
@@ -19,18 +19,17 @@ PARAMS = {
 }
 
 
-def sft(model: str, params: dict, calib: str | None = None, parent_run_id: str | None = None,
+def sft(ref: str, params: dict, calib: str | None = None, parent_run_id: str | None = None,
         tags: dict | None = None) -> str:
     import mlflow
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with compress.step("sft", model, PARAMS, params, calib, parent_run_id, tags) as (active, values, calib):
-        source = models.resolve(model)
-        tokenizer = AutoTokenizer.from_pretrained(source)
+    with checkpoint.step("sft", ref, PARAMS, params, calib, parent_run_id, tags) as (active, model, values, calib):
+        tokenizer = AutoTokenizer.from_pretrained(model.folder)
         blocks = train.blocks(calib, tokenizer, values)
-        base = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).to(torch_device())
+        base = AutoModelForCausalLM.from_pretrained(model.folder, dtype=torch.float32).to(torch_device())
         targets = values["target_modules"]
         config = LoraConfig(r=values["lora_rank"], lora_alpha=values["lora_alpha"], lora_dropout=values["lora_dropout"],
                             target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
@@ -38,7 +37,7 @@ def sft(model: str, params: dict, calib: str | None = None, parent_run_id: str |
         try:
             lora = get_peft_model(base, config)
         except ValueError as err:
-            raise ExatrackError(f"target_modules '{targets}' matches no module of {model} ({str(err).splitlines()[0][:120]}); "
+            raise ExatrackError(f"target_modules '{targets}' matches no module of {ref} ({str(err).splitlines()[0][:120]}); "
                                 "use all-linear or names such as q_proj,v_proj,down_proj")
         trainable, total = lora.get_nb_trainable_parameters()
         mlflow.log_metrics({"train_blocks": len(blocks), "trainable_params": trainable, "trainable_share": trainable / total})
@@ -47,7 +46,7 @@ def sft(model: str, params: dict, calib: str | None = None, parent_run_id: str |
             ids = blocks[batch].to(torch_device())
             return net(input_ids=ids, labels=ids).loss
 
-        train.fit(lora, len(blocks), loss_of, values, values["lr"], f"LoRA SFT of {model}")
+        train.fit(lora, len(blocks), loss_of, values, values["lr"], f"LoRA SFT of {ref}")
         merged = lora.merge_and_unload()
-        compress.log_checkpoint(model, source, functools.partial(compress.save_bf16, merged.cpu(), tokenizer))
+        checkpoint.log_checkpoint(model, functools.partial(checkpoint.save_bf16, merged.cpu(), tokenizer))
         return active.info.run_id

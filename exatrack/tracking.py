@@ -24,12 +24,19 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def use_experiment():
-    """Runs launched by `mlflow run` already carry their experiment; everything else goes to 'exatrack'."""
+def use_experiment() -> str:
+    """The experiment named by `--experiment` or MLFLOW_EXPERIMENT_NAME; else the one `mlflow run` (or
+    an earlier `mlflow.set_experiment`, which exports MLFLOW_EXPERIMENT_ID) chose; else 'exatrack'.
+    Returns the experiment's id."""
     import mlflow
 
-    if not (os.environ.get("MLFLOW_EXPERIMENT_ID") or os.environ.get("MLFLOW_RUN_ID")):
-        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT))
+    if name := os.environ.get("MLFLOW_EXPERIMENT_NAME"):
+        return mlflow.set_experiment(name).experiment_id
+    if os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        return os.environ["MLFLOW_EXPERIMENT_ID"]
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return mlflow.get_run(os.environ["MLFLOW_RUN_ID"]).info.experiment_id
+    return mlflow.set_experiment(EXPERIMENT).experiment_id
 
 
 @contextmanager

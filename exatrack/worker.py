@@ -2,10 +2,17 @@
 
     python worker.py REQUEST.json RESPONSE.json
 
-Loads one checkpoint once, then runs every conversation of the request batched, turn by turn (a
-conversation's next user turn is sent with the model's previous answers), with the chat template and
-the requested thinking mode. Generation time is measured from vLLM's own per-request timestamps
-(first scheduled to last token), so model load, chat rendering and tokenization are not counted.
+One paired evaluation session. Every model of the request is loaded side by side, once. Each
+benchmark's conversations are cut into chunks, and every chunk is run on every model, in an order
+rotated from chunk to chunk, so that whatever slows the machine for a while slows all models alike:
+each chunk gives a paired time per token. A chunk may be timed `repeats` times (the answers are
+those of the first run; greedy decoding gives the same tokens again); host jitter only ever adds
+time, so the fastest repeat is the least disturbed one.
+
+Conversations run turn by turn (the next user turn is sent with the model's previous answers), with
+the chat template and the requested thinking mode. Generation time is the span from vLLM's own
+per-request timestamps (first scheduled to last token): model load, chat rendering and tokenization
+are not counted.
 """
 
 import json
@@ -41,121 +48,104 @@ def generation_span(outputs) -> float | None:
 
 
 def run_turns(llm, conversations, sampling, chat_kwargs):
-    """One batched llm.chat call per turn index; returns answers, token counts and generation seconds."""
+    """One batched llm.chat call per turn index; returns answers, token counts, seconds and the clock used."""
     from vllm import SamplingParams
 
     answers = [[] for _ in conversations]
     tokens = [[] for _ in conversations]
-    gen_time, timing = 0.0, "engine"
+    seconds, clock = 0.0, "engine"
     for turn in range(max(len(c["turns"]) for c in conversations)):
         active = [i for i, c in enumerate(conversations) if turn < len(c["turns"])]
         messages = []
         for i in active:
             history = []
             for t in range(turn):
-                history += [{"role": "user", "content": conversations[i]["turns"][t]}, {"role": "assistant", "content": answers[i][t]}]
+                history += [{"role": "user", "content": conversations[i]["turns"][t]},
+                            {"role": "assistant", "content": answers[i][t]}]
             messages.append(history + [{"role": "user", "content": conversations[i]["turns"][turn]}])
         params = [SamplingParams(**{**sampling, **conversations[i].get("sampling", {})}) for i in active]
         started = time.perf_counter()
-        outputs = llm.chat(messages, params, use_tqdm=True, chat_template_kwargs=chat_kwargs)
+        outputs = llm.chat(messages, params, use_tqdm=False, chat_template_kwargs=chat_kwargs)
         wall = time.perf_counter() - started
         span = generation_span(outputs)
         if span is None:
-            timing = "wall"
-        gen_time += wall if span is None else span
+            clock = "wall"
+        seconds += wall if span is None else span
         for i, out in zip(active, outputs):
             answers[i].append(out.outputs[0].text)
             tokens[i].append(len(out.outputs[0].token_ids))
-    return answers, tokens, gen_time, timing
+    return answers, tokens, seconds, clock
 
 
-def synthetic_prompts(count: int, length: int, token_range: list, seed: int) -> list:
-    """Fixed random token ids: the same prompts for every model, no tokenizer in the timing."""
-    import random
+def load_engines(models: list[dict]) -> tuple[dict, dict]:
+    """Every model once, side by side, with a short warm-up: first batches pay for lazy initialisation.
+    A model that fails to load or to generate is reported with its error and left out."""
+    from vllm import LLM, SamplingParams
 
-    rng = random.Random(seed)
-    return [{"prompt_token_ids": [rng.randrange(*token_range) for _ in range(length)]} for _ in range(count)]
+    engines, info = {}, {}
+    for m in models:
+        started = time.perf_counter()
+        try:
+            llm = LLM(model=m["path"], disable_log_stats=False, **m["engine"])
+            llm.generate(["warm-up"], SamplingParams(max_tokens=4), use_tqdm=False)
+        except Exception as err:  # one model vLLM cannot serve must not stop the others
+            info[m["name"]] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"}
+            print(f"could not load {m['name']}: {info[m['name']]['error']}", file=sys.stderr, flush=True)
+            continue
+        config = llm.llm_engine.vllm_config
+        engines[m["name"]] = llm
+        info[m["name"]] = {"load_time_s": time.perf_counter() - started,
+                           "kv_cache_dtype": str(config.cache_config.cache_dtype),
+                           "max_model_len": config.model_config.max_model_len}
+        print(f"loaded {m['name']} ({len(engines)}/{len(models)})", file=sys.stderr, flush=True)
+    return engines, info
 
 
-def timed_generate(llm, prompts, output_tokens: int) -> tuple[float, int]:
-    from vllm import SamplingParams
-
-    params = SamplingParams(temperature=0.0, max_tokens=output_tokens, ignore_eos=True)
-    started = time.perf_counter()
-    outputs = llm.generate(prompts, params, use_tqdm=False)
-    wall = time.perf_counter() - started
-    span = generation_span(outputs)
-    return (wall if span is None else span), sum(len(o.outputs[0].token_ids) for o in outputs)
+def chunks(count: int, size: int) -> list[range]:
+    return [range(start, min(start + size, count)) for start in range(0, count, size)]
 
 
-def load_engines(models: list[dict]) -> dict:
-    from vllm import LLM
-
-    return {m["name"]: LLM(model=m["path"], disable_log_stats=False, **m["engine"]) for m in models}
-
-
-def speed_rounds(engines: dict, workload_specs: list[dict], token_range: list, rounds: int) -> list[dict]:
-    """Each round runs every workload on every engine, in an order rotated per round, so drift over
-    time hits all models alike."""
+def run_benchmark(engines: dict, conversations: list, size: int, repeats: int, sampling: dict, chat_kwargs: dict,
+                  offset: int) -> dict:
+    """Per model: answers and tokens per conversation, and per chunk the seconds of every repeat."""
     names = list(engines)
-    workloads = {w["name"]: synthetic_prompts(w["prompts"], w["prompt_tokens"], token_range, i)
-                 for i, w in enumerate(workload_specs)}
-    output_tokens = {w["name"]: w["output_tokens"] for w in workload_specs}
-    for llm in engines.values():  # warm-up: the first batches pay for lazy initialisation
-        for prompts in workloads.values():
-            timed_generate(llm, prompts[:2], 4)
-    results = []
-    for k in range(rounds):
-        order = names[k % len(names):] + names[:k % len(names)]
-        result = {w: {} for w in workloads}
-        for w, prompts in workloads.items():
-            for name in order:
-                seconds, tokens = timed_generate(engines[name], prompts, output_tokens[w])
-                result[w][name] = {"seconds": seconds, "tokens": tokens}
-        results.append(result)
-        print(f"speed round {k + 1}/{rounds} done", file=sys.stderr, flush=True)
-    return results
+    out = {n: {"answers": [None] * len(conversations), "tokens": [None] * len(conversations), "chunks": [], "clock": "engine"}
+           for n in names}
+    for k, rows in enumerate(chunks(len(conversations), size)):
+        shift = (offset + k) % len(names)
+        for name in names[shift:] + names[:shift]:
+            part, runs = [conversations[i] for i in rows], []
+            for r in range(repeats):
+                answers, tokens, seconds, clock = run_turns(engines[name], part, sampling, chat_kwargs)
+                runs.append(seconds)
+                if r == 0:
+                    for i, a, t in zip(rows, answers, tokens):
+                        out[name]["answers"][i], out[name]["tokens"][i] = a, t
+                if clock == "wall":
+                    out[name]["clock"] = "wall"
+            out[name]["chunks"].append({"rows": [rows.start, rows.stop], "seconds": runs,
+                                        "tokens": sum(sum(out[name]["tokens"][i]) for i in rows)})
+    return out
 
 
-def measure_speed(request: dict) -> dict:
-    """All checkpoints loaded side by side in one session, then paired rounds."""
-    engines = load_engines(request["models"])
-    return {"rounds": speed_rounds(engines, request["workloads"], request["token_range"], request["rounds"])}
+def run_session(request: dict) -> dict:
+    import vllm
+
+    engines, info = load_engines(request["models"])
+    chat_kwargs = {"enable_thinking": bool(request["thinking"])}
+    benchmarks, offset = {}, 0
+    for bench, spec in request["benchmarks"].items():
+        print(f"{bench}: {len(spec['conversations'])} conversations on {len(engines)} models", file=sys.stderr, flush=True)
+        benchmarks[bench] = run_benchmark(engines, spec["conversations"], spec["chunk_size"], request["repeats"],
+                                          request["sampling"], chat_kwargs, offset)
+        offset += len(benchmarks[bench][next(iter(engines))]["chunks"])
+    return {"vllm_version": vllm.__version__, "device": device_name(), "models": info, "benchmarks": benchmarks}
 
 
 def main(request_path: str, response_path: str) -> None:
-    import vllm
-    from vllm import LLM
-
     with open(request_path, encoding="utf-8") as f:
         request = json.load(f)
-    if request.get("mode") == "speed":
-        response = {"vllm_version": vllm.__version__, "device": device_name(), **measure_speed(request)}
-        with open(response_path, "w", encoding="utf-8") as f:
-            json.dump(response, f)
-        return
-    started = time.perf_counter()
-    llm = LLM(model=request["model"], disable_log_stats=False, **request["engine"])
-    load_time = time.perf_counter() - started
-    config = llm.llm_engine.vllm_config
-    response = {
-        "vllm_version": vllm.__version__,
-        "device": device_name(),
-        "load_time_s": load_time,
-        "kv_cache_dtype": str(config.cache_config.cache_dtype),
-        "max_model_len": config.model_config.max_model_len,
-        "benchmarks": {},
-    }
-    chat_kwargs = {"enable_thinking": bool(request["thinking"])}
-    for name, conversations in request["benchmarks"].items():
-        answers, tokens, gen_time, timing = run_turns(llm, conversations, request["sampling"], chat_kwargs)
-        response["benchmarks"][name] = {
-            "answers": answers,
-            "tokens": tokens,
-            "gen_time_s": gen_time,
-            "gen_tokens": sum(map(sum, tokens)),
-            "timing": timing,
-        }
+    response = run_session(request)
     with open(response_path, "w", encoding="utf-8") as f:
         json.dump(response, f, ensure_ascii=False)
 

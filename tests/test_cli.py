@@ -77,3 +77,29 @@ def test_mlflow_run_quantize_entry_point(tiny_model, tmp_path):
     config = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/checkpoint/config.json"))
     assert config["quantization_config"]["quant_method"] == "compressed-tensors"
     assert config["quantization_config"]["format"] == "int-quantized"
+
+
+def test_an_evaluation_typo_leaves_the_checkpoint_run_finished(tiny_model):
+    """`evaluate --benchmarks kmmlu_pro,unknownbench` used to turn a good quantize run FAILED."""
+    from exatrack import quantize
+
+    run_id = quantize.quantize("tiny", "w8a8", {"num_samples": "8", "max_seq_len": "64"})
+    result = CliRunner().invoke(main, ["evaluate", "--model", f"runs:/{run_id}/checkpoint", "--benchmarks",
+                                       "kmmlu_pro,unknownbench", "--data", "sample"])
+    assert result.exit_code != 0 and "unknown benchmark 'unknownbench'" in result.output.strip().splitlines()[-1]
+    assert mlflow.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_pipeline_with_a_failed_lane_exits_non_zero_and_says_which(tiny_model, tmp_path, monkeypatch):
+    from exatrack import serving
+    from tests.fakes import RecordedSession
+
+    monkeypatch.setattr(serving, "run_session", RecordedSession())
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "")  # --experiment sets it for the process; restored after the test
+    lanes = tmp_path / "lanes.yaml"
+    lanes.write_text(json.dumps({"lanes": {"cut-too-much": {"steps": [{"prune": {"drop": 4}}]}}}))
+    result = CliRunner().invoke(main, ["--experiment", "cli-pipeline", "pipeline", "--model", "tiny", "--lanes", str(lanes),
+                                       "--data", "sample", "--benchmarks", "kmmlu_redux", "--out", str(tmp_path / "s.zip")])
+    assert result.exit_code == 1
+    assert "1 of 1 lanes failed (cut-too-much)" in result.output.strip().splitlines()[-1]
+    assert mlflow.get_experiment_by_name("cli-pipeline") is not None and not (tmp_path / "s.zip").exists()

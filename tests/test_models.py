@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -42,7 +43,8 @@ def test_tiny_is_cached_and_deterministic(tiny_model):
 
 
 def test_local_folder_resolves_and_one_without_config_is_refused(tiny_model, tmp_path):
-    assert models.resolve(str(tiny_model)) == tiny_model
+    resolved = models.resolve(str(tiny_model))
+    assert resolved.folder == tiny_model and resolved.source == str(tiny_model) and resolved.run_id is None
     with pytest.raises(ExatrackError, match="has no config.json"):
         models.resolve(str(tmp_path))
 
@@ -55,15 +57,37 @@ def test_hub_id_without_network_says_so():
 def test_runs_and_models_uris_resolve_to_the_logged_folder(tiny_model):
     with mlflow.start_run() as run:
         mlflow.log_artifacts(str(tiny_model), "checkpoint")
-    folder = models.resolve(f"runs:/{run.info.run_id}/checkpoint")
-    assert json.loads((folder / "config.json").read_text())["model_type"] == "exaone4"
+    model = models.resolve(f"runs:/{run.info.run_id}/checkpoint")
+    assert json.loads((model.folder / "config.json").read_text())["model_type"] == "exaone4"
+    assert model.run_id == run.info.run_id
     client = mlflow.MlflowClient()
     client.create_registered_model("EXAONE-test")
     version = client.create_model_version("EXAONE-test", source=f"{run.info.artifact_uri}/checkpoint", run_id=run.info.run_id)
     client.set_registered_model_alias("EXAONE-test", "champion", version.version)
-    assert (models.resolve("models:/EXAONE-test@champion") / "config.json").exists()
+    assert models.resolve("models:/EXAONE-test@champion").folder == model.folder
+    assert models.resolve(f"models:/EXAONE-test/{version.version}").run_id == run.info.run_id
+
+
+def test_a_local_artifact_store_is_read_in_place_and_leaves_no_temporary_copy(tiny_model):
+    """Every runs:/ use used to copy the whole checkpoint into a /tmp folder that was never removed."""
+    import tempfile
+
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(tiny_model), "checkpoint")
+    before = set(Path(tempfile.gettempdir()).iterdir())
+    model = models.resolve(f"runs:/{run.info.run_id}/checkpoint")
+    assert str(model.folder).startswith(str(Path.cwd() / "mlruns"))
+    assert set(Path(tempfile.gettempdir()).iterdir()) == before
+
+
+def test_lineage_and_requirements_come_with_the_resolved_model(tiny_model):
+    tags = {models.SOURCE_MODEL: "tiny", models.REQUIRES + "compute_capability": "9.0"}
+    with mlflow.start_run(tags=tags) as run:
+        mlflow.log_artifacts(str(tiny_model), "checkpoint")
+    model = models.resolve(f"runs:/{run.info.run_id}/checkpoint")
+    assert model.source == "tiny" and model.requires == {"compute_capability": "9.0"}
 
 
 def test_unknown_run_is_a_clear_error():
-    with pytest.raises(ExatrackError, match="cannot fetch runs:/0123abcd/checkpoint"):
+    with pytest.raises(ExatrackError, match="no run 0123abcd in the tracking store"):
         models.resolve("runs:/0123abcd/checkpoint")

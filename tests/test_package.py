@@ -8,14 +8,14 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from exatrack import ExatrackError, compress, models
+from exatrack import ExatrackError, models, quantize
 from exatrack.package import check, promote, select_files
 
 
 @pytest.fixture(scope="module")
 def registered(tiny_model):
     mlflow.set_experiment("package-test")
-    run_id = compress.quantize("tiny", "w8a8", {"num_samples": "8", "max_seq_len": "64"})
+    run_id = quantize.quantize("tiny", "w8a8", {"num_samples": "8", "max_seq_len": "64"})
     client = MlflowClient()
     client.create_registered_model("EXAONE-package-test")
     run = client.get_run(run_id)
@@ -38,13 +38,13 @@ def test_promote_builds_a_zip_of_model_files_and_moves_the_alias(registered, tmp
 
 def test_check_rejects_an_incomplete_model_folder(registered, tmp_path):
     folder = tmp_path / "model"
-    shutil.copytree(models.resolve(f"models:/EXAONE-package-test/{registered.version}"), folder)
+    shutil.copytree(models.resolve(f"models:/EXAONE-package-test/{registered.version}").folder, folder)
     assert check(folder) == []
     (folder / "tokenizer_config.json").unlink()
     assert check(folder) == ["missing tokenizer_config.json"]
     for weights in folder.glob("*.safetensors"):
         weights.write_bytes(b"not a safetensors file")
-    shutil.copy(models.resolve(f"models:/EXAONE-package-test/{registered.version}") / "tokenizer_config.json", folder)
+    shutil.copy(models.resolve(f"models:/EXAONE-package-test/{registered.version}").folder / "tokenizer_config.json", folder)
     assert any("not readable safetensors" in p for p in check(folder))
 
 

@@ -1,7 +1,8 @@
-"""Lanes: skip what is done, force, resume after a failure, and one lane's crash leaves the others going.
+"""Lanes: validated before any work, resumed, forced, failing alone, and evaluated side by side with the
+base in one session; an evaluation crash never damages a checkpoint run.
 
-The orchestration tests stand a recorded generator in for vLLM (evaluation through the real engine
-is test_evaluate's job); the last test runs one small lane through the real engine end to end.
+The orchestration tests stand a recorded session in for vLLM (evaluation through the real engine is
+test_evaluate's job); the last test runs chained lanes through the real engine end to end.
 """
 
 import json
@@ -15,73 +16,94 @@ from exatrack import ExatrackError, serving
 from exatrack.evaluate import Settings
 from exatrack.pipeline import load_lanes, pipeline
 from tests.conftest import REPO
+from tests.fakes import RecordedSession
 
 SMALL = {"num_samples": 8, "max_seq_len": 64}
-SETTINGS = Settings(benchmarks="kmmlu_redux", data="sample", max_tokens=16, eager=True)
-
-
-class RecordedGenerator:
-    """Answers every MCQA prompt with 정답: B, faster on compressed checkpoints (as measured by a clock)."""
-
-    def __init__(self):
-        self.models = []
-
-    def __call__(self, model, request):
-        self.models.append(str(model))
-        quantized = "quantization_config" in json.loads((model / "config.json").read_text())
-        out = {}
-        for name, conversations in request["benchmarks"].items():
-            answers = [["정답: B"] * len(c["turns"]) for c in conversations]
-            out[name] = {"answers": answers, "tokens": [[3]] * len(answers), "gen_tokens": 3 * len(answers),
-                         "gen_time_s": (0.02 if quantized else 0.03) * len(answers), "timing": "engine"}
-        return {"vllm_version": "recorded", "device": "CPU recorded", "load_time_s": 0.0, "kv_cache_dtype": "auto",
-                "max_model_len": 8192, "benchmarks": out}
+SETTINGS = Settings(benchmarks="kmmlu_redux", data="sample", max_tokens=16, eager=True, chunks=3)
 
 
 @pytest.fixture
 def lanes_file(tmp_path):
     path = tmp_path / "lanes.yaml"
     path.write_text(json.dumps({"lanes": {"good": {"recipe": "w8a8", "damp": 0.02, **SMALL},
-                                          "broken": {"recipe": "w8a8", "damp": 1.5, **SMALL}}}))
+                                          "broken": {"steps": [{"prune": {"drop": 4}}]}}}))  # fails when it runs
     return path
 
 
 @pytest.fixture
 def recorded(monkeypatch):
-    generator = RecordedGenerator()
-    monkeypatch.setattr(serving, "generate", generator)
-    return generator
+    session = RecordedSession()
+    monkeypatch.setattr(serving, "run_session", session)
+    return session
+
+
+def runs_of(experiment: str, query: str = "") -> list:
+    return MlflowClient().search_runs([mlflow.get_experiment_by_name(experiment).experiment_id], query)
 
 
 def test_lanes_run_fail_alone_resume_and_force(tiny_model, lanes_file, recorded, tmp_path):
     mlflow.set_experiment("pipeline-test")
     first = pipeline("tiny", str(lanes_file), SETTINGS, out=str(tmp_path / "a.zip"), model_name="EXAONE-pipeline-test")
-    assert first.lanes["good"] == "done" and first.lanes["broken"].startswith("failed: damp=1.5 is out of range")
-    assert len(recorded.models) == 2  # baseline + the good lane
-    client = MlflowClient()
-    failed = client.search_runs([mlflow.get_experiment_by_name("pipeline-test").experiment_id],
-                                "tags.`exatrack.lane` = 'broken'")
-    assert [r.info.status for r in failed] == ["FAILED"]
+    assert first.lanes["good"] == "done" and first.lanes["broken"].startswith("failed: drop=4 keep=0")
+    assert first.failed == ["broken"]
+    assert len(recorded.requests) == 1 and len(recorded.models) == 2  # ONE session: the base beside the good lane
+    assert [r.info.status for r in runs_of("pipeline-test", "tags.`exatrack.lane` = 'broken'")] == ["FAILED"]
     assert first.submission.exists() and "model/config.json" in zipfile.ZipFile(first.submission).namelist()
 
     again = pipeline("tiny", str(lanes_file), SETTINGS, out=str(tmp_path / "b.zip"), model_name="EXAONE-pipeline-test")
     assert again.lanes["good"] == "reused" and again.lanes["broken"].startswith("failed")
-    assert len(recorded.models) == 2  # baseline and the done lane were reused: nothing regenerated
+    assert len(recorded.requests) == 1  # the lane and its evaluation were reused: no session at all
 
     forced = pipeline("tiny", str(lanes_file), SETTINGS, force=True, out=str(tmp_path / "c.zip"),
                       model_name="EXAONE-pipeline-test")
-    assert forced.lanes["good"] == "done" and len(recorded.models) == 4
+    assert forced.lanes["good"] == "done" and len(recorded.requests) == 2
 
 
-def test_the_parent_run_groups_its_lanes(tiny_model, lanes_file, recorded, tmp_path):
+def test_a_pipeline_with_no_lane_scored_promotes_nothing(tiny_model, lanes_file, recorded, tmp_path):
+    mlflow.set_experiment("pipeline-none")
+    out = tmp_path / "none.zip"
+    done = pipeline("tiny", str(lanes_file), SETTINGS, only="broken", out=str(out), model_name="EXAONE-pipeline-test")
+    assert done.failed == ["broken"] and done.submission is None and not out.exists()
+    assert done.board.verdict() == "no lane was scored" and not recorded.requests
+
+
+def test_the_parent_run_groups_its_lanes_and_each_evaluation_nests_under_its_lane(tiny_model, lanes_file, recorded, tmp_path):
     mlflow.set_experiment("pipeline-tree")
-    pipeline("tiny", str(lanes_file), SETTINGS, out=str(tmp_path / "t.zip"), model_name="EXAONE-pipeline-tree")
-    client = MlflowClient()
-    experiment = mlflow.get_experiment_by_name("pipeline-tree").experiment_id
-    parent = client.search_runs([experiment], "tags.`exatrack.kind` = 'pipeline'")[0]
-    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    kinds = sorted(r.data.tags["exatrack.kind"] for r in children)
-    assert kinds == ["baseline", "promote", "quantize", "quantize", "rank"]
+    pipeline("tiny", str(lanes_file), SETTINGS, only="good", out=str(tmp_path / "t.zip"), model_name="EXAONE-pipeline-tree")
+    parent = runs_of("pipeline-tree", "tags.`exatrack.kind` = 'pipeline'")[0]
+    children = runs_of("pipeline-tree", f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(r.data.tags["exatrack.kind"] for r in children) == ["evaluation", "promote", "quantize", "rank"]
+    lane = next(r for r in children if r.data.tags["exatrack.kind"] == "quantize")
+    nested = runs_of("pipeline-tree", f"tags.`mlflow.parentRunId` = '{lane.info.run_id}'")
+    assert [r.data.tags["exatrack.kind"] for r in nested] == ["evaluation"]
+    assert nested[0].data.tags["exatrack.lane"] == "good" and "score" in nested[0].data.metrics
+
+
+def test_an_evaluation_crash_leaves_the_checkpoint_run_finished_and_reusable(tiny_model, lanes_file, monkeypatch, tmp_path):
+    mlflow.set_experiment("pipeline-crash")
+
+    def crash(request, what):
+        raise ExatrackError("vLLM could not serve it: RuntimeError: simulated")
+
+    monkeypatch.setattr(serving, "run_session", crash)
+    with pytest.raises(ExatrackError, match="simulated"):
+        pipeline("tiny", str(lanes_file), SETTINGS, only="good", out=str(tmp_path / "x.zip"), model_name="EXAONE-crash")
+    lane = runs_of("pipeline-crash", "tags.`exatrack.kind` = 'quantize'")
+    assert [r.info.status for r in lane] == ["FINISHED"]
+    evaluations = runs_of("pipeline-crash", "tags.`exatrack.kind` = 'evaluation'")
+    assert evaluations and {r.info.status for r in evaluations} == {"FAILED"}
+    monkeypatch.setattr(serving, "run_session", RecordedSession())
+    done = pipeline("tiny", str(lanes_file), SETTINGS, only="good", out=str(tmp_path / "y.zip"), model_name="EXAONE-crash")
+    assert done.lanes["good"] == "done" and len(runs_of("pipeline-crash", "tags.`exatrack.kind` = 'quantize'")) == 1
+
+
+def test_the_whole_lanes_file_is_checked_before_any_run(tiny_model, tmp_path, recorded):
+    path = tmp_path / "lanes.yaml"
+    path.write_text(json.dumps({"lanes": {"good": {"recipe": "w8a8", **SMALL}, "bad": {"recipe": "w8a8", "damp": 1.5}}}))
+    mlflow.set_experiment("pipeline-checked")
+    with pytest.raises(ExatrackError, match="lane bad in .*, step quantize: damp=1.5 is out of range"):
+        pipeline("tiny", str(path), SETTINGS, model_name="EXAONE-checked")
+    assert not runs_of("pipeline-checked") and not recorded.requests
 
 
 def test_unknown_lane_and_missing_file_are_clear_errors(lanes_file):
@@ -134,7 +156,7 @@ def test_chained_lanes_share_their_common_prefix_and_resume(tiny_model, recorded
     first = pipeline("tiny", str(lanes), SETTINGS, out=str(tmp_path / "a.zip"), model_name="EXAONE-chains")
     assert first.lanes == {"prune-distill-w8a8": "done", "prune-distill": "done"}
     assert kinds_made("pipeline-chains") == ["distill", "prune", "quantize"]  # the shorter lane reused the prefix
-    assert len(recorded.models) == 3  # baseline and both lane ends
+    assert len(recorded.models) == 3  # the base and both lane ends, in one session
     chain = next(e for e in first.board.entries if e.name == "prune-distill-w8a8")
     assert chain.score is not None and chain.run.data.tags["exatrack.source_model"] == "tiny"
 
@@ -148,25 +170,27 @@ def test_chained_lanes_share_their_common_prefix_and_resume(tiny_model, recorded
 
 
 @pytest.mark.vllm
-def test_chained_lanes_through_the_real_engine_end_in_a_registered_checked_submission(tiny_model, tmp_path):
-    """One pipeline serves the checks of every step: the distilled and the LoRA-merged checkpoints are
-    evaluated as they are, and prune -> distill -> quantize(W8A8) is scored and ranked."""
+def test_chained_lanes_through_the_real_engine_are_scored_in_one_session(tiny_model, tmp_path):
+    """One pipeline serves the checks of every step: the pruned-distilled and the LoRA-merged checkpoints
+    are evaluated as they are, and prune -> distill -> quantize(W8A8) is scored, all beside the base."""
     mlflow.set_experiment("pipeline-real")
     lanes = tmp_path / "lanes.yaml"
     lanes.write_text(json.dumps({"lanes": CHAINS}))
     settings = Settings(benchmarks="kmmlu_pro,kmmlu_redux", data="sample", max_tokens=24, eager=True)
     done = pipeline("tiny", str(lanes), settings, out=str(tmp_path / "submit.zip"), model_name="EXAONE-pipeline-real")
     assert done.lanes == {name: "done" for name in CHAINS}
-    client = MlflowClient()
-    for alias in ("champion", "submission"):
-        assert client.get_model_version_by_alias("EXAONE-pipeline-real", alias)
     entries = {e.name: e for e in done.board.entries}
-    assert {entries[name].run.data.tags["exatrack.kind"] for name in CHAINS} == {"distill", "quantize", "sft"}
+    sessions = {e.run.data.tags["exatrack.session"] for e in entries.values()}
+    assert len(sessions) == 1  # the base and every lane were timed side by side
+    kinds = {MlflowClient().get_run(entries[name].checkpoint_run).data.tags["exatrack.kind"] for name in CHAINS}
+    assert kinds == {"distill", "quantize", "sft"}
     for name in CHAINS:
-        run = entries[name].run
-        assert run.data.metrics["gen_tokens"] > 0 and entries[name].score is not None, name
-    lane, base = entries["prune-distill-w8a8"].run, client.get_run(entries["prune-distill-w8a8"].base_run_id)
-    m, b = lane.data.metrics, base.data.metrics
-    expected = max(0.5 * m["perf"] / b["perf"] + 0.5 * (1 - m["bench_sec_per_token"] / b["bench_sec_per_token"]), 0)
-    assert entries["prune-distill-w8a8"].score.score == pytest.approx(expected)
-    assert "model/model.safetensors" in zipfile.ZipFile(done.submission).namelist()
+        assert entries[name].run.data.metrics["gen_tokens"] > 0 and entries[name].score is not None, name
+    leader = done.board.leader
+    client = MlflowClient()
+    if leader.score.score > 0.5:  # a champion only where it is earned
+        assert client.get_model_version_by_alias("EXAONE-pipeline-real", "champion").run_id == leader.checkpoint_run
+        assert "model/model.safetensors" in zipfile.ZipFile(done.submission).namelist()
+    else:
+        assert done.board.champion is None and done.submission is None
+        assert done.board.verdict().startswith("no lane beats the base")

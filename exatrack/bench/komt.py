@@ -101,5 +101,9 @@ class KoMTBench(Benchmark):
                 metrics[f"rating_turn{turn}"] = sum(turn_scores) / len(turn_scores)
         return Result(metrics, predictions, {"judge": judge.model})
 
+    def item_scores(self, result):
+        """Ratings are 1-10 and the primary score is their mean / 10."""
+        return [None if p["score"] is None else p["score"] / 10 for p in result.predictions]
+
 
 register(KoMTBench("komt_bench", "KoMT-Bench", "LGAI-EXAONE/KoMT-Bench", "train", ("question_id", "category", "turns"), "score"))

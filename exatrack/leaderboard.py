@@ -1,0 +1,154 @@
+"""The leaderboard: every evaluation in scope scored against the base it was timed beside (the base
+run of its own serving session), with 95% intervals; the lanes statistically tied with the leader;
+and a verdict that says whether anything beats the base at all.
+
+A board covers ONE fingerprint and ONE source model: a tiny-model demo and a real-model study in the
+same store never compete, and a run is never scored against a base from other conditions.
+"""
+
+from dataclasses import dataclass, field
+
+from exatrack import evaluate, stats
+from exatrack.bench import REGISTRY
+from exatrack.models import SOURCE_MODEL
+from exatrack.score import Measured, Score, Unscorable, paired_score
+
+BASE_SCORE = 0.5  # the base against itself: PerfNorm 1, SpeedNorm 0
+
+
+@dataclass
+class Entry:
+    run: object  # the evaluation run
+    base_run_id: str | None = None
+    score: Score | None = None
+    reason: str = ""
+    tied: bool = False  # with the leader: their score intervals overlap
+    official: float | None = None
+    estimate: tuple | None = None  # (low, mid, high) of the official score, from recorded pairs
+
+    @property
+    def name(self) -> str:
+        tags = self.run.data.tags
+        if self.is_base:
+            return f"base ({tags.get('exatrack.evaluated_model', '')})"
+        return tags.get("exatrack.lane") or tags.get("exatrack.evaluated_model") or self.run.info.run_id[:8]
+
+    @property
+    def is_base(self) -> bool:
+        return self.run.data.tags.get(evaluate.BASE) == "true"
+
+    @property
+    def checkpoint_run(self) -> str | None:
+        return self.run.data.tags.get("exatrack.checkpoint_run")
+
+
+@dataclass
+class Board:
+    fingerprint: str
+    source: str
+    entries: list[Entry]
+    official_ratios: list[float] = field(default_factory=list)  # official / local of every recorded pair
+    champion: str | None = None  # the registered version `champion` points at after this ranking
+
+    @property
+    def scored(self) -> list[Entry]:
+        """Candidates with a score, best first (bases are the yardstick, not contestants)."""
+        return sorted((e for e in self.entries if e.score and not e.is_base), key=lambda e: -e.score.score)
+
+    @property
+    def leader(self) -> Entry | None:
+        return self.scored[0] if self.scored else None
+
+    def verdict(self) -> str:
+        leader = self.leader
+        if leader is None:
+            return "no lane was scored"
+        if leader.score.score <= BASE_SCORE:
+            return f"no lane beats the base (best: {leader.name}, score {leader.score.score:.4f} <= {BASE_SCORE})"
+        s = leader.score
+        line = f"{leader.name} leads with score {s.score:.4f} [{s.score_ci.low:.4f}, {s.score_ci.high:.4f}]"
+        tied = [e.name for e in self.scored[1:] if e.tied]
+        if tied:
+            line += f"; {' and '.join([', '.join(tied[:-1]), tied[-1]] if len(tied) > 1 else tied)} " \
+                    f"{'are' if len(tied) > 1 else 'is'} tied with it"
+        if s.score_ci.low <= BASE_SCORE:
+            line += f"; its lead over the base ({BASE_SCORE}) is inside the noise"
+        return line
+
+
+def load_measured(run) -> Measured:
+    import mlflow
+
+    tags, metrics = run.data.tags, run.data.metrics
+    names = [n for n in tags.get("exatrack.perf_benchmarks", "").split(",") if n]
+    primary = {n: f"{n}.{REGISTRY[n].primary}" for n in names}
+    paired = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/paired.json")
+    return Measured(
+        scores={n: metrics[key] for n, key in primary.items() if key in metrics},
+        sec_per_token=metrics.get("bench_sec_per_token", 0.0),
+        judges={n: tags[f"{n}.judge"] for n in names if f"{n}.judge" in tags},
+        items=paired["items"],
+        chunks=paired["chunks"],
+    )
+
+
+def evaluation_runs(client, experiment_id: str, fingerprint: str | None = None, source: str | None = None) -> list:
+    query = f"attributes.status = 'FINISHED' and tags.`exatrack.kind` = 'evaluation' and tags.`{evaluate.FINGERPRINT}` LIKE '%'"
+    if fingerprint:
+        query += f" and tags.`{evaluate.FINGERPRINT}` = '{fingerprint}'"
+    if source:
+        query += f" and tags.`{SOURCE_MODEL}` = '{source}'"
+    return client.search_runs([experiment_id], query, max_results=5000, order_by=["attributes.start_time DESC"])
+
+
+def default_scope(runs: list) -> tuple[str, str] | None:
+    """The fingerprint and source model of the newest base: the study the user ran last."""
+    for run in runs:  # newest first
+        if run.data.tags.get(evaluate.BASE) == "true":
+            return run.data.tags[evaluate.FINGERPRINT], run.data.tags[SOURCE_MODEL]
+    return None
+
+
+def build(runs: list, fingerprint: str, source: str, estimator: str = "sum") -> Board:
+    """Score every run of this fingerprint and source against the base of its own session."""
+    runs = [r for r in runs if r.data.tags.get(evaluate.FINGERPRINT) == fingerprint
+            and r.data.tags.get(SOURCE_MODEL) == source]
+    bases = {r.data.tags.get(evaluate.SESSION): r for r in runs if r.data.tags.get(evaluate.BASE) == "true"}
+    board = Board(fingerprint, source, [])
+    for run in runs:
+        entry = Entry(run, official=run.data.metrics.get("official_score"))
+        base = bases.get(run.data.tags.get(evaluate.SESSION))
+        if entry.is_base:
+            pass
+        elif base is None:
+            entry.reason = "its serving session has no finished base run: evaluate it again with its base"
+        else:
+            entry.base_run_id = base.info.run_id
+            try:
+                entry.score = paired_score(load_measured(run), load_measured(base), estimator)
+            except Unscorable as err:
+                entry.reason = str(err)
+        board.entries.append(entry)
+    mark_ties(board)
+    estimate_official(board)
+    return board
+
+
+def mark_ties(board: Board) -> None:
+    """Tied with the leader: the score intervals overlap (conservative across sessions)."""
+    leader = board.leader
+    for entry in board.scored[1:]:
+        entry.tied = entry.score.score_ci.high >= leader.score.score_ci.low
+
+
+def estimate_official(board: Board) -> None:
+    """official ~= k x local, with k spanning the recorded pairs' ratios: one fitted k would hide
+    that they differ (0.59 to 0.92 in the challenge team's four pairs)."""
+    ratios = [e.official / e.score.score for e in board.scored if e.official is not None and e.score.score > 0]
+    board.official_ratios = ratios
+    if len(ratios) < 2:
+        return
+    middle = stats.statistics.median(ratios)
+    for entry in board.scored:
+        local = entry.score.score
+        entry.estimate = (min(ratios) * local, middle * local, max(ratios) * local)

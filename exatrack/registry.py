@@ -1,0 +1,48 @@
+"""The MLflow Model Registry: the leader's checkpoint registered once, `champion` pointed at it, but only
+where it was earned (a score above the base's 0.5). Aliases, not stages."""
+
+import logging
+
+log = logging.getLogger(__name__)
+REGISTERED_MODEL = "EXAONE-4.0-1.2B-exatrack"  # the EXAONE licence: a modified model's name begins with "EXAONE"
+CHAMPION = "champion"
+SUBMISSION = "submission"
+
+
+def check_name(model_name: str) -> None:
+    from exatrack import ExatrackError
+
+    if not model_name.startswith("EXAONE"):
+        raise ExatrackError(f"registered model name '{model_name}' must begin with 'EXAONE' (the EXAONE model licence)")
+
+
+def register_champion(client, board, model_name: str) -> str | None:
+    """Register the leader's checkpoint (once per run) and point `champion` at it; None, and a
+    warning, when no lane beats the base."""
+    from mlflow.exceptions import MlflowException
+
+    from exatrack.leaderboard import BASE_SCORE
+
+    leader = board.leader
+    if leader is None or leader.score.score <= BASE_SCORE:
+        log.warning("nothing registered: %s", board.verdict())
+        return None
+    run_id = leader.checkpoint_run
+    if not run_id or not client.list_artifacts(run_id, "checkpoint"):
+        log.warning("nothing registered: the leader %s has no checkpoint run", leader.name)
+        return None
+    try:
+        client.get_registered_model(model_name)
+    except MlflowException:
+        client.create_registered_model(model_name)
+    existing = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
+    s = leader.score
+    tags = {"score": f"{s.score:.4f}", "score_ci": f"[{s.score_ci.low:.4f}, {s.score_ci.high:.4f}]",
+            "fingerprint": board.fingerprint, "evaluation_run": leader.run.info.run_id,
+            "tied_with": ",".join(e.name for e in board.scored[1:] if e.tied)}
+    version = existing[0] if existing else client.create_model_version(
+        model_name, source=f"{client.get_run(run_id).info.artifact_uri}/checkpoint", run_id=run_id, tags=tags)
+    for key, value in tags.items():  # a re-ranking updates what the version's score is now
+        client.set_model_version_tag(model_name, version.version, key, value)
+    client.set_registered_model_alias(model_name, CHAMPION, version.version)
+    return version.version
