@@ -102,7 +102,7 @@ def fingerprint_id(conditions: dict) -> str:
 
 
 def engine_args(settings: Settings, model: Model, engines: int) -> dict:
-    args = {"seed": 0, "gpu_memory_utilization": serving.memory_share() / engines, "enforce_eager": settings.eager}
+    args = {"seed": 0, "enforce_eager": settings.eager, **serving.engine_memory(engines)}
     if settings.max_model_len:
         args["max_model_len"] = settings.max_model_len
     kv_cache = settings.kv_cache_dtype if settings.kv_cache_dtype != "auto" else model.kv_cache_dtype

