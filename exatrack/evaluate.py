@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import statistics
 import uuid
 from dataclasses import asdict, dataclass
 
@@ -88,7 +89,8 @@ def inputs_hash(ref: str, settings: Settings) -> str:
 
 def fingerprint(settings: Settings, rows: dict, response: dict, max_model_len: int) -> dict:
     return {
-        "benchmarks": {name: {"rows": len(r), "content": content_hash(r)} for name, r in rows.items()},
+        "benchmarks": {name: {"rows": len(r), "content": content_hash(r), "version": REGISTRY[name].version,
+                              **REGISTRY[name].conditions()} for name, r in rows.items()},
         "generation": {"max_tokens": settings.max_tokens, "thinking": settings.thinking, "greedy": settings.greedy,
                        "max_model_len": max_model_len, "eager": settings.eager, "chat_template": True},
         "timing": {"chunks": settings.chunks, "repeats": settings.repeats},
@@ -274,7 +276,16 @@ def evaluation_metrics(results: dict, generated: dict, load_time_s: float) -> di
     scored = [r.metrics[REGISTRY[n].primary] for n, r in results.items() if r.metrics[REGISTRY[n].primary] is not None]
     if scored:
         metrics["perf"] = sum(scored) / len(scored)
+    for name, result in results.items():
+        if (error := standard_error(REGISTRY[name].item_scores(result))) is not None:
+            metrics[f"{name}.{REGISTRY[name].primary}_stderr"] = error
     return metrics
+
+
+def standard_error(items: list) -> float | None:
+    """Of the mean of the scored items, as lm-evaluation-harness reports beside each metric."""
+    scored = [v for v in items if v is not None]
+    return statistics.stdev(scored) / len(scored) ** 0.5 if len(scored) > 1 else None
 
 
 def check_kv_cache(asked: str | None, used: str) -> None:

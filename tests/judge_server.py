@@ -6,8 +6,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FakeJudge:
-    def __init__(self, reply="간결하고 정확한 답변입니다. 점수: [[8]]", fail_first=0, always_fail=False):
-        self.reply, self.fail_first, self.always_fail = reply, fail_first, always_fail
+    def __init__(self, reply="간결하고 정확한 답변입니다. 점수: [[8]]", fail_first=0, always_fail=False, reasoning=False):
+        """reply: a string, or None for `content: null`; reasoning: refuse temperature/max_tokens with 400."""
+        self.reply, self.fail_first, self.always_fail, self.reasoning = reply, fail_first, always_fail, reasoning
         self.requests, self.auth = [], set()
         judge = self
 
@@ -16,12 +17,22 @@ class FakeJudge:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 judge.requests.append(body)
                 judge.auth.add(self.headers.get("Authorization"))
+                if judge.reasoning and ("temperature" in body or "max_tokens" in body):
+                    payload = b'{"error": {"message": "Unsupported parameter: max_tokens", "type": "invalid_request_error"}}'
+                    self.send_response(400)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
                 if judge.always_fail or len(judge.requests) <= judge.fail_first:
                     self.send_response(429 if not judge.always_fail else 500)
                     self.send_header("Retry-After", "0")
                     self.end_headers()
                     return
-                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": judge.reply}}]}).encode()
+                payload = json.dumps({"id": "j", "object": "chat.completion", "created": 0, "model": body["model"],
+                                      "choices": [{"index": 0, "finish_reason": "stop",
+                                                   "message": {"role": "assistant", "content": judge.reply}}]}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))

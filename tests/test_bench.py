@@ -22,17 +22,30 @@ from tests.judge_server import FakeJudge
         ("**정답: C**", "C"),
         ("정답：B입니다", "B"),
         ("정답: B입니다. 다른 보기는 모두 틀렸습니다.", "B"),
+        ("정답: 2번", "B"),  # the option's number, as lm-evaluation-harness's KMMLU tasks read it
+        ("정답: ④", "D"),  # a circled number
+        ("정답: (3)", "C"),
+        ("정답: 2024년 기준으로는 없다", None),  # a year is not option 2
         ("계산 결과는 \\boxed{C} 입니다.", "C"),
         ("따라서 정답은 (D)입니다.", "D"),
+        ("정답은 1번입니다.", "A"),
         ("보기 중 (A)가 가장 적절합니다.", "A"),
+        ("(A) 사과 (B) 배 (C) 감 (D) 귤 중에서 잘 모르겠습니다.", None),  # restating the options is no choice
         ("가장 알맞은 답은 B", "B"),
         ("<think>\n정답: A 인지 고민해 보자\n</think>\n\n정답: C", "C"),
         ("정답: E", None),  # four options: E is not an answer
+        ("정답: 5", None),
         ("잘 모르겠습니다.", None),
     ],
 )
 def test_mcqa_extraction_on_realistic_outputs(output, expected):
     assert mcqa.extract(output, 4) == expected
+
+
+def test_rows_with_more_than_five_options_are_lettered_and_scored():
+    row = {"question": "q", "options": [str(i) for i in range(7)], "solution": "7"}
+    assert mcqa.prompt(row).splitlines()[-1] == "G) 6" and "ABCDEFG 중 하나" in mcqa.prompt(row)
+    assert mcqa.gold(row) == "G" and mcqa.extract("정답: G", 7) == "G" and mcqa.extract("정답: 7", 7) == "G"
 
 
 def test_mcqa_prompt_follows_the_paper_and_gold_is_one_based():
@@ -55,13 +68,27 @@ def test_mcqa_scoring_counts_unparsed_answers_as_wrong():
         ("신라", "신라", 1.0),
         ("신라!", "  신라 ", 1.0),
         ("Seoul, Korea.", "seoul korea", 1.0),
-        ("경주는 신라 의 수도", "신라", 2 * (1 / 4) * 1 / (1 / 4 + 1)),
+        ("신라입니다.", "신라", 1.0),  # a copula ending is not a wrong answer
+        ("답은 신라이다", "신라", 2 * (1 / 2) * 1 / (1 / 2 + 1)),
+        ("경주는 신라의 수도", "신라", 2 * (1 / 3) * 1 / (1 / 3 + 1)),  # particles cut, extra words still cost precision
+        ("1,000", "1000", 1.0),  # a thousands separator splits no number
+        ("인구는 1,000,000명", "1000000명", 2 * (1 / 2) * 1 / (1 / 2 + 1)),
+        ("3,14", "314", 0.0),  # a comma not followed by three digits is no thousands separator
         ("백제", "신라", 0.0),
-        ("", "", 1.0),
+        ("", "", 1.0),  # an unanswerable item answered with nothing
+        ("신라", "", 0.0),  # an unanswerable item answered anyway
     ],
 )
-def test_f1_normalises_case_punctuation_and_space(prediction, gold, expected):
+def test_f1_on_korean_particles_numbers_and_unanswerable_items(prediction, gold, expected):
     assert longrag.f1(prediction, gold) == pytest.approx(expected)
+
+
+def test_the_other_f1_candidates_are_logged_beside_the_primary():
+    assert longrag.f1("신라입니다.", "신라", longrag.whitespace_tokens) == 0.0  # why it is not the primary
+    assert longrag.f1("신라입니다.", "신라", longrag.char_tokens) == pytest.approx(2 * 0.4 / 1.4)
+    rows = [dict(task="singledocQA", answer="신라", prompt="{question}", titles=[], context="", question="q")]
+    metrics = REGISTRY["ko_longrag"].score(rows, [["신라입니다."]]).metrics
+    assert (metrics["f1"], metrics["f1_whitespace"]) == (1.0, 0.0) and metrics["f1_char"] == pytest.approx(2 * 0.4 / 1.4)
 
 
 def test_longrag_prompt_fills_the_dataset_template_even_with_braces_in_context():
@@ -111,18 +138,34 @@ def test_data_setting_takes_a_default_and_per_benchmark_files():
         Settings(benchmarks="mmlu").names()
 
 
-def test_rating_parser_on_the_real_gpt4_judgments():
+def fastchat_rating(judgment: str) -> float:
+    """FastChat llm_judge's run_judge_single, verbatim in effect (lm-sys/FastChat, common.py)."""
+    import ast
+
+    match = re.search(re.compile(r"\[\[(\d+\.?\d*)\]\]"), judgment)
+    if not match:
+        match = re.search(re.compile(r"\[(\d+\.?\d*)\]"), judgment)
+    return ast.literal_eval(match.groups()[0]) if match else -1
+
+
+def test_rating_parser_on_the_real_gpt4_judgments_parses_as_fastchat():
     lines = shared("data", "komt-bench", "mt_bench__model_judgment__gpt-4_single_final.jsonl").read_text().splitlines()
     judgments = [json.loads(line) for line in lines]
     assert len(judgments) == 160
-    assert all(parse_rating(j["judgment"]) == j["score"] for j in judgments)
+    for j in judgments:
+        ours, reference = parse_rating(j["judgment"]), fastchat_rating(j["judgment"])
+        assert (ours if ours is not None else -1) == reference, j["judgment"][-200:]
 
 
-def test_rating_parser_edge_cases():
-    assert parse_rating("점수: [[7.5]]") == 7.5
-    assert parse_rating("처음엔 [[3]]이라 했지만 최종 점수: [[6]]") == 6
-    assert parse_rating("점수: [4]") == 4
-    assert parse_rating("점수를 매길 수 없습니다") is None
+@pytest.mark.parametrize("judgment", ["점수: [[7.5]]", "처음엔 [[3]]이라 했지만 최종 점수: [[6]]", "점수: [4]",
+                                      "예시 [2] 다음 최종 [[9]]", "점수를 매길 수 없습니다"])
+def test_rating_parser_edge_cases_follow_fastchat(judgment):
+    ours = parse_rating(judgment)
+    assert (ours if ours is not None else -1) == fastchat_rating(judgment)
+
+
+def test_rating_takes_the_first_double_bracket_like_fastchat():
+    assert parse_rating("처음엔 [[3]]이라 했지만 최종 점수: [[6]]") == 3
 
 
 def test_official_judge_prompts_and_questions_fit_the_benchmark(monkeypatch):
@@ -142,9 +185,12 @@ def test_official_judge_prompts_and_questions_fit_the_benchmark(monkeypatch):
 
 
 def test_non_korean_answers_get_the_square_root_except_138_and_140():
-    assert komt.is_korean("서울은 한국의 수도입니다. Seoul") and not komt.is_korean("Seoul is the capital.")
-    assert komt.is_korean("다음 코드입니다.\n```python\nprint('hello world')\n```")
+    assert komt.is_korean("서울은 한국의 수도입니다. 서울에는 많은 사람이 살고 있습니다.")
+    assert not komt.is_korean("Seoul is the capital of Korea.")
+    assert not komt.is_korean("首尔是韩国的首都。这是一个很长的句子。")  # no Hangul and no Latin: not Korean
+    assert not komt.is_korean("")  # nothing to detect, as the reference: penalised
     assert komt.penalized(9, {"question_id": 81}, "This is English.") == 3
+    assert komt.penalized(9, {"question_id": 81}, "首尔是韩国的首都。这是一个很长的句子。") == 3
     assert komt.penalized(9, {"question_id": 138}, "This is English.") == 9
 
 
@@ -157,8 +203,8 @@ def test_komt_judged_through_an_openai_compatible_server(komt_rows, monkeypatch,
     monkeypatch.setenv("EXATRACK_CACHE", str(tmp_path))
     server = FakeJudge(fail_first=2)
     try:
-        judge = Judge(server.url, "fake-judge", api_key="sk-test", backoff_s=0.01)
-        answers = [["한국어 답변입니다.", "두 번째 답변입니다."] for _ in komt_rows]
+        judge = Judge(server.url, "fake-judge", api_key="sk-test", concurrency=1)
+        answers = [["한국어로 쓴 첫 번째 답변입니다.", "한국어로 쓴 두 번째 답변입니다."] for _ in komt_rows]
         result = REGISTRY["komt_bench"].score(komt_rows, answers, judge=judge)
         assert result.metrics["rating"] == 8 and result.metrics["score"] == 0.8
         assert len(server.requests) == 2 + 2 * len(komt_rows)  # two 429s retried, then one call per turn
@@ -169,17 +215,69 @@ def test_komt_judged_through_an_openai_compatible_server(komt_rows, monkeypatch,
         server.close()
 
 
-def test_a_judge_that_keeps_failing_skips_komt_instead_of_scoring_zero(komt_rows, monkeypatch, tmp_path):
+def test_a_judge_that_keeps_failing_skips_komt_instead_of_scoring_zero(komt_rows, monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("EXATRACK_CACHE", str(tmp_path))
     server = FakeJudge(always_fail=True)
     try:
-        judge = Judge(server.url, "fake-judge", retries=2, backoff_s=0.01)
+        judge = Judge(server.url, "fake-judge", retries=1)
         result = REGISTRY["komt_bench"].score(komt_rows, [["a", "b"]] * len(komt_rows), judge=judge)
-        assert result.metrics["score"] is None and "failed after 3 tries (HTTP 500)" in result.notes["judge_error"]
+        assert result.metrics["score"] is None and "failed after 2 tries (HTTP 500)" in result.notes["judge_error"]
+        assert "KoMT-Bench skipped: judge fake-judge at 127.0.0.1 failed" in caplog.text
+        assert not (tmp_path / "judgments").exists()  # a failure is never cached
     finally:
         server.close()
     with pytest.raises(JudgeUnavailable):
-        Judge("http://127.0.0.1:9", "nobody", retries=0).judge("s", "u")
+        Judge("http://127.0.0.1:9/v1", "nobody", retries=0).judge("s", "u")
+
+
+def test_an_empty_or_unparsable_judgment_is_not_cached(monkeypatch, tmp_path):
+    monkeypatch.setenv("EXATRACK_CACHE", str(tmp_path))
+    for reply, raises in ((None, True), ("이 답변은 평가하기 어렵습니다.", False)):
+        server = FakeJudge(reply=reply)
+        try:
+            judge = Judge(server.url, "fake-judge", retries=0)
+            if raises:
+                with pytest.raises(JudgeUnavailable, match="replied with no content"):
+                    judge.judge("s", "u")
+            else:
+                assert parse_rating(judge.judge("s", "u")) is None
+            judge.judge("s", "u") if not raises else None
+            assert len(server.requests) == (1 if raises else 2)  # asked again: nothing was cached
+            assert not (tmp_path / "judgments").exists()
+        finally:
+            server.close()
+
+
+def test_a_reasoning_judge_refusing_sampling_parameters_is_asked_without_them(monkeypatch, tmp_path):
+    monkeypatch.setenv("EXATRACK_CACHE", str(tmp_path))
+    server = FakeJudge(reasoning=True)
+    try:
+        assert parse_rating(Judge(server.url, "o-reasoner", retries=0).judge("s", "u")) == 8
+        assert "max_tokens" in server.requests[0] and "max_tokens" not in server.requests[1]
+    finally:
+        server.close()
+
+
+def test_a_changed_benchmark_version_or_judge_prompt_changes_the_fingerprint(monkeypatch, tmp_path):
+    from dataclasses import replace
+
+    from exatrack import evaluate
+
+    settings = Settings(benchmarks="kmmlu_pro,komt_bench", data="sample")
+    rows = {"kmmlu_pro": [{"question": "q", "options": ["a", "b"], "solution": "1"}], "komt_bench": []}
+    response = {"vllm_version": "v", "device": "d"}
+    monkeypatch.setenv("EXATRACK_JUDGE_URL", "https://user:secret@judge.example/v1")
+    monkeypatch.setenv("EXATRACK_JUDGE_MODEL", "gpt-4o")
+    before = evaluate.fingerprint(settings, rows, response, 4096)
+    assert before["benchmarks"]["komt_bench"]["judge_host"] == "judge.example"  # never the credentials
+    monkeypatch.setitem(REGISTRY, "kmmlu_pro", replace(REGISTRY["kmmlu_pro"], version=REGISTRY["kmmlu_pro"].version + 1))
+    bumped = evaluate.fingerprint(settings, rows, response, 4096)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(komt.prompts_file().read_text(encoding="utf-8").replace("공정한", "엄격한"), encoding="utf-8")
+    monkeypatch.setenv("EXATRACK_JUDGE_PROMPTS", str(prompts))
+    reprompted = evaluate.fingerprint(settings, rows, response, 4096)
+    ids = {evaluate.fingerprint_id(f) for f in (before, bumped, reprompted)}
+    assert len(ids) == 3
 
 
 def test_serving_failure_names_the_engines_first_exception_not_its_death():

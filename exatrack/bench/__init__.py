@@ -36,6 +36,7 @@ class Benchmark:
     split: str
     fields: tuple
     primary: str
+    version: int = 1  # raised whenever scoring changes: runs of another version compare as another fingerprint
 
     def load(self, source: str) -> list[dict]:
         """`hub`, `sample` (the bundled rows) or a local file in the hub's schema."""
@@ -79,6 +80,10 @@ class Benchmark:
 
     def score(self, rows: list[dict], answers: list[list[str]]) -> Result:
         raise NotImplementedError
+
+    def conditions(self) -> dict:
+        """What else, beside the version, must be equal for two runs' scores to compare (a judge, say)."""
+        return {}
 
     def item_scores(self, result: Result) -> list:
         """Per prediction, its share of the primary metric on the primary's scale (None: not scored):

@@ -1,25 +1,31 @@
 """An LLM judge behind any OpenAI-compatible chat endpoint (GPT-4 class, Gemini's compatible endpoint,
-a local vLLM server). Configured only by the environment, so the key never reaches a file or a log:
+a local vLLM server), called through the `openai` client and its retry policy (exponential backoff,
+Retry-After honoured, 408/409/429/5xx retried). Configured only by the environment, so the key never
+reaches a file or a log:
 
     EXATRACK_JUDGE_URL      base URL, e.g. https://api.openai.com/v1
     EXATRACK_JUDGE_MODEL    e.g. gpt-4o
     EXATRACK_JUDGE_API_KEY  optional (local servers need none)
 
-Judgments are cached on disk by (model, prompt), so a re-run or a retry after a rate limit costs nothing.
+A judgment is cached on disk by (endpoint, model, prompt) only once its rating parses: a failed call,
+an empty reply or an unparsable judgment is asked again next time, never remembered.
 """
 
 import hashlib
 import json
 import os
 import re
-import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 from exatrack import cache_dir
 
-RATING = [re.compile(r"\[\[(\d+\.?\d*)\]\]"), re.compile(r"\[(\d+\.?\d*)\]")]
-RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+# FastChat llm_judge (common.py), which KoMT-Bench forks: the FIRST [[N]] (re.search), else the first [N].
+RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
+RATING_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
+MAX_TOKENS = 2048  # FastChat's for OpenAI judges; temperature 0
 
 
 class JudgeUnavailable(Exception):
@@ -27,12 +33,9 @@ class JudgeUnavailable(Exception):
 
 
 def parse_rating(judgment: str) -> float | None:
-    """MT-Bench's rule: the rating is the number in [[N]] (falling back to [N]); None if absent."""
-    for pattern in RATING:
-        found = pattern.findall(judgment)
-        if found:
-            return float(found[-1])
-    return None
+    """FastChat's rule; None where FastChat gives -1 (such judgments are left out of the mean)."""
+    match = RATING.search(judgment) or RATING_BACKUP.search(judgment)
+    return float(match.group(1)) if match else None
 
 
 @dataclass
@@ -41,8 +44,8 @@ class Judge:
     model: str
     api_key: str | None = field(default=None, repr=False)
     retries: int = 5
-    backoff_s: float = 1.0
     timeout_s: float = 120.0
+    concurrency: int = 8
 
     @classmethod
     def from_env(cls) -> "Judge | None":
@@ -50,6 +53,11 @@ class Judge:
         if not (url and model):
             return None
         return cls(url.rstrip("/"), model, os.environ.get("EXATRACK_JUDGE_API_KEY"))
+
+    @property
+    def host(self) -> str:
+        """What the fingerprint keeps of the endpoint: the host, never a path or credentials."""
+        return urlparse(self.url).hostname or ""
 
     def cache_file(self, system: str, user: str) -> Path:
         key = hashlib.sha256(json.dumps([self.url, self.model, system, user]).encode()).hexdigest()
@@ -60,28 +68,38 @@ class Judge:
         if cached.exists():
             return json.loads(cached.read_text(encoding="utf-8"))["judgment"]
         judgment = self.ask(system, user)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        cached.write_text(json.dumps({"model": self.model, "judgment": judgment}, ensure_ascii=False), encoding="utf-8")
+        if parse_rating(judgment) is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            cached.write_text(json.dumps({"model": self.model, "judgment": judgment}, ensure_ascii=False), encoding="utf-8")
         return judgment
 
-    def ask(self, system: str, user: str) -> str:
-        import requests
+    def judge_all(self, requests: list[tuple[str, str]], what: str) -> list[str]:
+        """Every (system, user) pair, `concurrency` at a time, with a progress bar; in order."""
+        from tqdm.auto import tqdm
 
-        body = {"model": self.model, "temperature": 0, "max_tokens": 2048,
-                "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        problem = ""
-        for attempt in range(self.retries + 1):
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            futures = [pool.submit(self.judge, system, user) for system, user in requests]
+            return [f.result() for f in tqdm(futures, desc=what, unit="judgment")]
+
+    def ask(self, system: str, user: str) -> str:
+        import openai
+
+        client = openai.OpenAI(base_url=self.url, api_key=self.api_key or "none", max_retries=self.retries,
+                               timeout=self.timeout_s)
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        try:
             try:
-                reply = requests.post(f"{self.url}/chat/completions", json=body, headers=headers, timeout=self.timeout_s)
-                if reply.status_code == 200:
-                    return reply.json()["choices"][0]["message"]["content"]
-                problem = f"HTTP {reply.status_code}"
-                if reply.status_code not in RETRY_STATUS:
-                    break
-                wait = float(reply.headers.get("Retry-After", 0) or 0)
-            except (requests.RequestException, KeyError, ValueError) as err:
-                problem, wait = type(err).__name__, 0.0
-            if attempt < self.retries:
-                time.sleep(max(wait, self.backoff_s * 2**attempt))
-        raise JudgeUnavailable(f"judge {self.model} at {self.url} failed after {self.retries + 1} tries ({problem})")
+                reply = client.chat.completions.create(model=self.model, messages=messages, temperature=0,
+                                                       max_tokens=MAX_TOKENS)
+            except openai.BadRequestError:  # reasoning models refuse temperature and max_tokens
+                reply = client.chat.completions.create(model=self.model, messages=messages)
+        except openai.APIStatusError as err:
+            raise JudgeUnavailable(f"judge {self.model} at {self.host} failed after {self.retries + 1} tries "
+                                   f"(HTTP {err.status_code})")
+        except openai.APIError as err:
+            raise JudgeUnavailable(f"judge {self.model} at {self.host} failed after {self.retries + 1} tries "
+                                   f"({type(err).__name__})")
+        content = reply.choices[0].message.content if reply.choices else None
+        if content is None:
+            raise JudgeUnavailable(f"judge {self.model} at {self.host} replied with no content")
+        return content

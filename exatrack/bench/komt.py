@@ -1,14 +1,19 @@
 """KoMT-Bench: 80 two-turn questions judged 1-10 by an LLM, following MT-Bench.
 
-Single-answer grading with the Korean judge prompts (reference answers for math, reasoning and
-coding), the rating parsed from [[N]], and KoMT's non-Korean penalty: an answer that is not mostly
-Korean gets sqrt(rating) (questions 138 and 140 ask for non-Korean output and are exempt). Without a
-judge, or when the judge keeps failing, the benchmark is reported as skipped, never as 0.
+Reference: LG-AI-EXAONE/KoMT-Bench, a fork of FastChat's llm_judge. Single-answer grading with its
+Korean judge prompts (shipped in exatrack/data/bench under LGPL-3.0; EXATRACK_JUDGE_PROMPTS points at
+another file), reference answers for math, reasoning and coding, the rating parsed as FastChat does
+(judge.parse_rating), and KoMT's non-Korean penalty (model_judgment/detector.py there): when a
+language detector does not find Korean in the answer, the rating becomes sqrt(rating); questions 138
+and 140 ask for JSON and are exempt. The reference runs MediaPipe's text language detector on the
+whole answer; its model file is not on PyPI, so this uses langdetect, seeded, on the whole answer.
+Unparsable judgments are left out of the mean (FastChat's -1). Without a judge, or when the judge
+keeps failing, the benchmark is reported as skipped, never as 0.
 """
 
+import hashlib
 import logging
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,22 +26,36 @@ NEEDS_REFERENCE = {"math", "reasoning", "coding"}
 # MT-Bench's answer temperatures, used when sampling rather than greedy decoding is asked for.
 TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "stem": 0.1, "humanities": 0.1}
 PENALTY_EXEMPT = {138, 140}
-HANGUL = re.compile(r"[\uac00-\ud7a3]")
-LATIN = re.compile(r"[A-Za-z]")
-CODE = re.compile(r"```.*?```", re.S)
+PROMPTS = DATA_DIR / "bench" / "komt_judge_prompts_ko.jsonl"
+
+
+def prompts_file() -> Path:
+    return Path(os.environ.get("EXATRACK_JUDGE_PROMPTS") or PROMPTS)
 
 
 def judge_prompts() -> dict[str, dict]:
-    """The official Korean prompts where EXATRACK_JUDGE_PROMPTS names their jsonl, else the bundled ones."""
-    path = Path(os.environ.get("EXATRACK_JUDGE_PROMPTS") or DATA_DIR / "bench" / "komt_judge_prompts.jsonl")
-    return {p["name"]: p for p in read_records(path)}
+    """The official Korean prompts, or those of the file EXATRACK_JUDGE_PROMPTS names."""
+    return {p["name"]: p for p in read_records(prompts_file())}
+
+
+def prompts_hash() -> str:
+    return hashlib.sha256(prompts_file().read_bytes()).hexdigest()[:12]
+
+
+def language(text: str) -> str | None:
+    """The most probable language of the text (langdetect, seeded: the same answer, the same call)."""
+    from langdetect import DetectorFactory, detect
+    from langdetect.lang_detect_exception import LangDetectException
+
+    DetectorFactory.seed = 0
+    try:
+        return detect(text)
+    except LangDetectException:  # no letters at all: like the reference, not Korean
+        return None
 
 
 def is_korean(text: str) -> bool:
-    """At least half of the letters outside code blocks are Hangul syllables."""
-    prose = CODE.sub("", text)
-    hangul, latin = len(HANGUL.findall(prose)), len(LATIN.findall(prose))
-    return hangul + latin == 0 or hangul / (hangul + latin) >= 0.5
+    return language(text) == "ko"
 
 
 def judge_request(row: dict, answers: list[str], turn: int, prompts: dict) -> tuple[str, str]:
@@ -74,20 +93,22 @@ class KoMTBench(Benchmark):
         ]
         skipped = {"score": None, "n": len(rows)}
         if judge is None:
-            log.warning("KoMT-Bench skipped: no judge configured (set EXATRACK_JUDGE_URL and EXATRACK_JUDGE_MODEL)")
+            log.warning("KoMT-Bench skipped: no judge configured (set EXATRACK_JUDGE_URL and EXATRACK_JUDGE_MODEL); "
+                        "it is left out of Perf on both sides")
             return Result(skipped, predictions, {"judge": "none"})
         prompts = judge_prompts()
         by_id = {row["question_id"]: (row, [answer_text(a) for a in outputs]) for row, outputs in zip(rows, answers)}
+        requests = [judge_request(*by_id[p["id"]], p["turn"] - 1, prompts) for p in predictions]
         try:
-            for p in predictions:
-                row, clean = by_id[p["id"]]
-                judgment = judge.judge(*judge_request(row, clean, p["turn"] - 1, prompts))
-                rating = parse_rating(judgment)
-                p["parsed"] = judgment
-                p["score"] = None if rating is None else penalized(rating, row, clean[p["turn"] - 1])
+            judgments = judge.judge_all(requests, f"KoMT-Bench judged by {judge.model}")
         except JudgeUnavailable as err:
-            log.warning("KoMT-Bench skipped: %s", err)
+            log.warning("KoMT-Bench skipped: %s; it is left out of Perf on both sides", err)
             return Result(skipped, predictions, {"judge": judge.model, "judge_error": str(err)})
+        for p, judgment in zip(predictions, judgments):
+            row, clean = by_id[p["id"]]
+            rating = parse_rating(judgment)
+            p["parsed"] = judgment
+            p["score"] = None if rating is None else penalized(rating, row, clean[p["turn"] - 1])
         rated = [p["score"] for p in predictions if p["score"] is not None]
         metrics = {
             "rating": sum(rated) / len(rated) if rated else None,
@@ -101,9 +122,15 @@ class KoMTBench(Benchmark):
                 metrics[f"rating_turn{turn}"] = sum(turn_scores) / len(turn_scores)
         return Result(metrics, predictions, {"judge": judge.model})
 
+    def conditions(self) -> dict:
+        judge = Judge.from_env()
+        return {"judge": judge.model if judge else None, "judge_host": judge.host if judge else None,
+                "judge_prompts": prompts_hash(), "language_detector": "langdetect"}
+
     def item_scores(self, result):
         """Ratings are 1-10 and the primary score is their mean / 10."""
         return [None if p["score"] is None else p["score"] / 10 for p in result.predictions]
 
 
-register(KoMTBench("komt_bench", "KoMT-Bench", "LGAI-EXAONE/KoMT-Bench", "train", ("question_id", "category", "turns"), "score"))
+register(KoMTBench("komt_bench", "KoMT-Bench", "LGAI-EXAONE/KoMT-Bench", "train", ("question_id", "category", "turns"), "score",
+                   version=2))  # 2: FastChat's first-match rating, language detector, official prompts

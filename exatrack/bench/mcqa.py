@@ -1,25 +1,35 @@
-"""KMMLU-Pro and KMMLU-Redux: multiple choice, with the prompt and answer extraction of the
-KMMLU-Redux/Pro paper (arXiv 2507.08924): the last `정답: X` wins, then fallbacks."""
+"""KMMLU-Pro and KMMLU-Redux: multiple choice, with the prompt of the KMMLU-Redux/Pro paper (arXiv
+2507.08924): options lettered A, B, ... and the answer after "정답:".
+
+Extraction: the last `정답: X` wins (models reason before they conclude), then `\\boxed{X}`, then
+`정답은 X`, then a lone parenthesised letter, then a trailing letter. The paper's evaluation code is not
+public; lm-evaluation-harness's kmmlu_pro/kmmlu_redux tasks (which number the options) take the last
+standalone digit, so a digit ("정답: 2번") or a circled digit ("정답: ②") is read as the option of that
+number too. A parenthesised letter counts only when it is the only one in the answer: a model that
+restates "(A) ... (D)" has not chosen D.
+"""
 
 import re
 from dataclasses import dataclass
 
 from exatrack.bench import Benchmark, Result, answer_text, register
 
-LETTERS = "ABCDE"
+LETTERS = "ABCDEFGHIJ"  # up to ten options
+CIRCLED = "①②③④⑤⑥⑦⑧⑨⑩"
 INSTRUCTION = (
     '다음 문제에 대해 정답을 고르세요. 당신의 최종 정답은 {letters} 중 하나이고, "정답:" 뒤에 와야 합니다. '
     "정답을 고르기 전에 차근차근 생각하고 추론하세요."
 )
-# Tried in order; within a pattern the last match wins (models restate options before concluding).
-# (?![A-Za-z]) rather than \b: Hangul is a word character, so "정답: B입니다" has no boundary after B.
+CHOICE = rf"([A-J]|10|[1-9]|[{CIRCLED}])"
+# (?![A-Za-z0-9]) rather than \b: Hangul is a word character, so "정답: B입니다" has no boundary after B.
+END = r"(?![A-Za-z0-9])"
+# Tried in order; within a pattern the last match wins.
 PATTERNS = [
-    r"정답\s*[:：]\s*\**\s*\(?([A-E])(?![A-Za-z])",
-    r"\\boxed\{\s*\(?([A-E])\)?\s*\}",
-    r"정답은\s*\**\s*\(?([A-E])(?![A-Za-z])",
-    r"\(([A-E])\)",
-    r"(?:^|\s)([A-E])[).]?\s*$",
+    rf"정답\s*[:：]\s*\**\s*[\(\[]?\s*{CHOICE}{END}",
+    rf"\\boxed\{{\s*\(?{CHOICE}\)?\s*\}}",
+    rf"정답은\s*\**\s*[\(\[]?\s*{CHOICE}{END}",
 ]
+TRAILING = r"(?:^|\s)([A-J])[).]?\s*$"
 
 
 def prompt(row: dict) -> str:
@@ -28,14 +38,27 @@ def prompt(row: dict) -> str:
     return f"{INSTRUCTION.format(letters=letters)}\n\n{row['question']}\n\n{options}"
 
 
+def as_letter(choice: str) -> str:
+    if choice in CIRCLED:
+        return LETTERS[CIRCLED.index(choice)]
+    if choice.isdigit():
+        return LETTERS[int(choice) - 1] if 1 <= int(choice) <= len(LETTERS) else ""
+    return choice
+
+
 def extract(text: str, n_options: int) -> str | None:
     allowed = LETTERS[:n_options]
     text = answer_text(text)
     for pattern in PATTERNS:
-        found = [m for m in re.findall(pattern, text) if m in allowed]
+        found = [as_letter(m) for m in re.findall(pattern, text)]
+        found = [letter for letter in found if letter and letter in allowed]
         if found:
             return found[-1]
-    return None
+    parenthesised = set(re.findall(r"\(([A-J])\)", text)) & set(allowed)
+    if len(parenthesised) == 1:
+        return parenthesised.pop()
+    trailing = re.findall(TRAILING, text)
+    return trailing[-1] if trailing and trailing[-1] in allowed else None
 
 
 def gold(row: dict) -> str:
@@ -61,5 +84,6 @@ class MultipleChoice(Benchmark):
 
 
 FIELDS = ("question", "options", "solution")
-register(MultipleChoice("kmmlu_pro", "KMMLU-Pro", "LGAI-EXAONE/KMMLU-Pro", "test", FIELDS, "accuracy"))
-register(MultipleChoice("kmmlu_redux", "KMMLU-Redux", "LGAI-EXAONE/KMMLU-Redux", "test", FIELDS, "accuracy"))
+# version 2: digits and circled digits read as options, "(X)" only when unambiguous, up to ten options
+register(MultipleChoice("kmmlu_pro", "KMMLU-Pro", "LGAI-EXAONE/KMMLU-Pro", "test", FIELDS, "accuracy", version=2))
+register(MultipleChoice("kmmlu_redux", "KMMLU-Redux", "LGAI-EXAONE/KMMLU-Redux", "test", FIELDS, "accuracy", version=2))
