@@ -67,8 +67,13 @@ def to_text(record: dict, tokenizer, source: str) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False)
 
 
-def texts(source: str, tokenizer, limit: int, seed: int = 0) -> list[str]:
-    return [to_text(r, tokenizer, source) for r in load_records(source, limit, seed)]
+def texts(source: str, tokenizer, limit: int, seed: int = 0, context: str = "calibration") -> list[str]:
+    from exatrack import tracking
+
+    records = load_records(source, limit, seed)
+    where = str(SAMPLE) if source == "sample" else source
+    tracking.log_dataset(Path(where).stem if Path(where).suffix else where, where, records, context)
+    return [to_text(r, tokenizer, source) for r in records]
 
 
 def tokenized_dataset(source: str, tokenizer, num_samples: int, max_seq_len: int, seed: int):
@@ -83,4 +88,4 @@ def tokenized_dataset(source: str, tokenizer, num_samples: int, max_seq_len: int
 
 def heldout_texts(tokenizer) -> list[str]:
     """Fixed text for the quality proxy, the same for every run so that runs compare."""
-    return texts(str(HELDOUT), tokenizer, limit=10_000)
+    return texts(str(HELDOUT), tokenizer, limit=10_000, context="quality proxy")

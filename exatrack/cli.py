@@ -68,8 +68,14 @@ def list_recipes():
 @option("max_seq_len", default="2048", show_default=True, help="tokens per calibration sample")
 @option("calib", default="auto", show_default=True, help=CALIB_HELP)
 @option("seed", default="0", show_default=True, help="seed for choosing calibration samples")
-def quantize(model, recipe, calib, **params):
+@option("recipe_params", default=None, help="any other parameter of the recipe, e.g. smoothing=0.5,actorder=weight")
+def quantize(model, recipe, calib, recipe_params, **params):
     """Compress a model with a recipe, tracked as one MLflow run."""
+    for pair in filter(None, (recipe_params or "").split(",")):
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise click.ClickException(f"--recipe_params '{pair}' is not name=value, e.g. smoothing=0.5")
+        params[key.strip()] = value.strip()
     from exatrack.checkpoint import uri
     from exatrack.quantize import quantize as run_quantize
 
@@ -179,6 +185,20 @@ def rank(registered_model, fingerprint, source, estimator):
         click.echo(f"champion: {registered_model} version {board.champion}")
 
 
+@main.command()
+@option("fingerprint", default=None, help="the evaluation fingerprint; default: that of the newest base")
+@option("source", default=None, help="the source model; default: that of the newest base")
+@option("estimator", default="sum", show_default=True, type=click.Choice(["sum", "median"]), help="speed estimator")
+def leaderboard(fingerprint, source, estimator):
+    """Print the leaderboard with intervals; read-only: no run is logged, no alias moves."""
+    from mlflow import MlflowClient
+
+    from exatrack import leaderboard as boards, tracking
+    from exatrack.render import markdown
+
+    click.echo(markdown(boards.for_scope(MlflowClient(), tracking.use_experiment(), fingerprint, source, estimator)))
+
+
 @main.command("record-official")
 @click.argument("run_id")
 @option("score", type=float, required=True, help="the official challenge score of this run's submission")
@@ -195,12 +215,16 @@ def record_official(run_id, score):
 @option("registered_model", default=REGISTERED_MODEL, show_default=True, help="registry name")
 @option("out", default="submit.zip", show_default=True, help="where to write the submission zip")
 @option("verify", default="files", show_default=True, type=click.Choice(["files", "vllm"]), help="vllm: also load and generate")
-def promote(version, registered_model, out, verify):
+@click.option("--dry-run", "dry_run", is_flag=True, help="check and list what would be packaged; change nothing")
+def promote(version, registered_model, out, verify, dry_run):
     """Point `submission` at a version and build submit.zip with only what vLLM needs."""
     from exatrack.package import promote as run_promote
 
-    path = run_promote(version, registered_model, out, verify)
-    click.echo(f"submission: {path}")
+    done = run_promote(version, registered_model, out, verify, dry_run=dry_run)
+    if dry_run:
+        click.echo("would package: " + ", ".join(p.name for p in done) + f" into {out}; nothing changed")
+    else:
+        click.echo(f"submission: {done}")
 
 
 @main.command()

@@ -20,7 +20,7 @@ import statistics
 import uuid
 from dataclasses import asdict, dataclass
 
-from exatrack import ExatrackError, models, serving, stats, tracking
+from exatrack import DATA_DIR, ExatrackError, models, serving, stats, tracking
 from exatrack.bench import REGISTRY, content_hash, subset
 from exatrack.models import Model
 
@@ -251,6 +251,10 @@ def log_evaluation(model: Model, session: Session, response: dict) -> None:
     }
     mlflow.set_tags({k: tracking.redact(v) for k, v in tags.items()})
     mlflow.log_dict(conditions, "fingerprint.json")
+    for name, benchmark_rows in rows.items():
+        source = session.sources[name]
+        where = REGISTRY[name].hub_id if source == "hub" else str(DATA_DIR / "bench" / f"{name}.jsonl") if source == "sample" else source
+        tracking.log_dataset(name, where, benchmark_rows, "evaluation")
     mlflow.log_dict({"items": {name: REGISTRY[name].item_scores(r) for name, r in results.items()},
                      "chunks": {name: g["chunks"] for name, g in generated.items()}}, "paired.json")
     for name, result in results.items():

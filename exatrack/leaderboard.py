@@ -109,6 +109,18 @@ def default_scope(runs: list) -> tuple[str, str] | None:
     return None
 
 
+def for_scope(client, experiment_id: str, fingerprint: str | None, source: str | None, estimator: str = "sum") -> Board:
+    """The board of the named fingerprint and source model, else of the newest base's."""
+    from exatrack import ExatrackError
+
+    runs = evaluation_runs(client, experiment_id, fingerprint, source)
+    scope = (fingerprint, source) if fingerprint and source else default_scope(runs)
+    if scope is None:
+        raise ExatrackError("no evaluated base in this experiment: run `exatrack evaluate` (or `pipeline`) first, "
+                            "or pick the experiment with --experiment")
+    return build(runs, *scope, estimator)
+
+
 def build(runs: list, fingerprint: str, source: str, estimator: str = "sum") -> Board:
     """Score every run of this fingerprint and source against the base of its own session."""
     runs = [r for r in runs if r.data.tags.get(evaluate.FINGERPRINT) == fingerprint

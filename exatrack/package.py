@@ -4,6 +4,7 @@ with only what vLLM needs, checked before anything is logged or the `submission`
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 import zipfile
@@ -98,35 +99,58 @@ def version_of(client, model_name: str, version: str):
                             "or name a version number")
 
 
+def checked_files(client, model_name: str, version: str):
+    """The version, and the files its package would hold, every check passed; nothing written."""
+    chosen = version_of(client, model_name, version)
+    tied = (chosen.tags or {}).get("tied_with")
+    if tied:
+        log.warning("version %s is statistically tied with %s: the choice between them is inside the noise",
+                    chosen.version, tied)
+    files = select_files(models.resolve(f"models:/{model_name}/{chosen.version}").folder)
+    with tempfile.TemporaryDirectory() as tmp:
+        package = Path(tmp) / "model"
+        package.mkdir()
+        for path in files:
+            os.symlink(path, package / path.name)
+        if problems := check(package):
+            raise ExatrackError(f"version {chosen.version} is not a complete model: {'; '.join(problems)}")
+    return chosen, files
+
+
+def check_out(out: Path) -> None:
+    """Refused before anything is built: a folder, or a place that cannot be written."""
+    if out.is_dir():
+        raise ExatrackError(f"--out {out} is a folder; name the zip file, e.g. {out / 'submit.zip'}")
+    if not os.access(out.parent if out.parent.exists() else Path.cwd(), os.W_OK):
+        raise ExatrackError(f"--out {out} cannot be written here; choose a folder you can write to")
+
+
 def promote(version: str = CHAMPION, model_name: str = REGISTERED_MODEL, out: str = "submit.zip",
-            verify: str = "files", parent_run_id: str | None = None) -> Path:
+            verify: str = "files", parent_run_id: str | None = None, dry_run: bool = False) -> Path | list[Path]:
+    """Build submit.zip from a version and point `submission` at it. `dry_run` checks and returns the
+    files the package would hold: no run, no zip, no alias moved."""
     import mlflow
     from mlflow import MlflowClient
 
     if verify not in ("files", "vllm"):
         raise ExatrackError(f"verify={verify} is not one of files, vllm")
-    client = MlflowClient()
+    client, zip_path = MlflowClient(), Path(out).resolve()
+    check_out(zip_path)
+    if dry_run:
+        return checked_files(client, model_name, version)[1]
     with tracking.run("promote", run_name="promote", parent_run_id=parent_run_id):
-        chosen = version_of(client, model_name, version)
+        chosen, files = checked_files(client, model_name, version)
         mlflow.log_params({"registered_model": model_name, "version": chosen.version, "asked": version, "verify": verify})
-        tied = (chosen.tags or {}).get("tied_with")
-        if tied:
-            log.warning("version %s is statistically tied with %s: the choice between them is inside the noise",
-                        chosen.version, tied)
+        if tied := (chosen.tags or {}).get("tied_with"):
             mlflow.set_tag("exatrack.tied_with", tied)
-        source = models.resolve(f"models:/{model_name}/{chosen.version}").folder
-        with tempfile.TemporaryDirectory() as tmp:
-            package = Path(tmp) / "model"
-            package.mkdir()
-            for path in select_files(source):
-                shutil.copy2(path, package / path.name)
-            problems = check(package)
-            if problems:
-                raise ExatrackError(f"version {chosen.version} is not a complete model: {'; '.join(problems)}")
-            if verify == "vllm":
+        if verify == "vllm":
+            with tempfile.TemporaryDirectory() as tmp:
+                package = Path(tmp) / "model"
+                package.mkdir()
+                for path in files:
+                    shutil.copy2(path, package / path.name)
                 mlflow.set_tag("exatrack.vllm_smoke_answer", verify_with_vllm(package)[:200])
-            zip_path = Path(out).resolve()
-            build_zip(sorted(package.iterdir()), zip_path)
+        build_zip(files, zip_path)
         mlflow.log_artifact(str(zip_path))
         mlflow.log_metric("submit_zip_mb", zip_path.stat().st_size / 2**20)
         client.set_registered_model_alias(model_name, SUBMISSION, chosen.version)

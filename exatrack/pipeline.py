@@ -15,15 +15,19 @@ that crashes leaves its run FAILED and the others go on; the pipeline then exits
 import hashlib
 import json
 import logging
+import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
+from tqdm.auto import tqdm
 
 from exatrack import (ExatrackError, checkpoint, distill, evaluate, leaderboard, models, prune, quantize, recipes,
                       serving, sft, tracking)
 from exatrack.rank import rank
 from exatrack.registry import REGISTERED_MODEL
+from exatrack import render
 from exatrack.render import markdown
 
 log = logging.getLogger(__name__)
@@ -157,8 +161,11 @@ def pipeline(model: str, lanes_file: str, settings, only: str | None = None, cal
         mlflow.log_params({"model": model, "lanes": lanes_file, "only": only or "all", "force": force,
                            **{f"eval.{k}": v for k, v in asdict(settings).items()}})
         base = models.resolve(model)
-        status, finals = {}, {}
-        for name, steps in lanes.items():
+        status, finals, started = {}, {}, time.monotonic()
+        for i, (name, steps) in enumerate(lanes.items(), start=1):
+            progress = f"lane {i}/{len(lanes)}: {name} ({' -> '.join(step for step, _ in steps)}){eta(started, i - 1, len(lanes))}"
+            tqdm.write(progress, file=sys.stderr)
+            mlflow.set_tag("exatrack.progress", progress)
             try:
                 run_id, reused = make_lane(client, experiment, name, steps, model, calib, parent_id, force)
                 finals[name], status[name] = checkpoint.uri(run_id), "reused" if reused else "done"
@@ -174,13 +181,14 @@ def pipeline(model: str, lanes_file: str, settings, only: str | None = None, cal
             else:
                 client.set_tag(done.info.run_id, "exatrack.lane", name)
         if to_evaluate:
+            mlflow.set_tag("exatrack.progress", f"evaluating {len(to_evaluate)} lanes beside the base")
             candidates = [models.resolve(ref) for ref in to_evaluate.values()]
             evaluated = evaluate.evaluate(base, candidates, settings, parent_id,
                                           lanes={ref: name for name, ref in to_evaluate.items()})
             for name, ref in to_evaluate.items():
                 if ref in evaluated.failed:
                     status[name] = f"failed: {evaluated.failed[ref][:300]}"
-        mlflow.set_tags({f"lane.{n}": s[:250] for n, s in status.items()})
+        mlflow.set_tags({f"lane.{n}": s[:250] for n, s in status.items()} | {"exatrack.progress": "ranking"})
         scope = scope_of(client, experiment, base, settings)
         board = rank(model_name, parent_run_id=parent_id, **scope) if scope else leaderboard.Board("", base.source, [])
         ours = set(finals.values())
@@ -188,8 +196,18 @@ def pipeline(model: str, lanes_file: str, settings, only: str | None = None, cal
         if board.champion and board.leader.checkpoint_run and checkpoint.uri(board.leader.checkpoint_run) in ours:
             submission = promote(model_name=model_name, out=out, verify=verify, parent_run_id=parent_id)
         mlflow.log_text(markdown(board), "leaderboard.md")
+        mlflow.log_text(render.to_csv(board), "leaderboard.csv")
+        if board.scored:
+            tracking.log_figure(render.plot(board), "leaderboard.png")
         mlflow.set_tag("exatrack.verdict", board.verdict()[:5000])
     return Outcome(status, board, submission)
+
+
+def eta(started: float, done: int, total: int) -> str:
+    if not done:
+        return ""
+    left = (time.monotonic() - started) / done * (total - done)
+    return f", about {left / 60:.0f} min of lanes left"
 
 
 def scope_of(client, experiment: str, base, settings) -> dict | None:

@@ -7,18 +7,23 @@ from exatrack.registry import REGISTERED_MODEL
 
 
 def log_scores(client, board) -> None:
-    for entry in board.scored:
-        run_id, s = entry.run.info.run_id, entry.score
+    """On every evaluation run, and on the lane's run it is nested under, so that the UI's runs table
+    shows each lane's score without opening anything."""
+    for place, entry in enumerate(board.scored, start=1):
+        s = entry.score
+        metrics = {"rank": place}
         for key in ("perf_norm", "speed_norm", "score"):
             interval = getattr(s, f"{key}_ci")
-            client.log_metric(run_id, key, getattr(s, key))
-            client.log_metric(run_id, f"{key}_low", interval.low)
-            client.log_metric(run_id, f"{key}_high", interval.high)
+            metrics.update({key: getattr(s, key), f"{key}_low": interval.low, f"{key}_high": interval.high})
         if entry.estimate:
-            client.log_metric(run_id, "official_estimate", entry.estimate[1])
-        client.set_tag(run_id, "base_run_id", entry.base_run_id)
-        client.set_tag(run_id, "exatrack.score_benchmarks", ",".join(s.benchmarks))
-        client.set_tag(run_id, "exatrack.tied_with_leader", "yes" if entry.tied else "no")
+            metrics["official_estimate"] = entry.estimate[1]
+        tags = {"base_run_id": entry.base_run_id, "exatrack.score_benchmarks": ",".join(s.benchmarks),
+                "exatrack.tied_with_leader": "yes" if entry.tied else "no"}
+        for run_id in filter(None, (entry.run.info.run_id, entry.checkpoint_run)):
+            for key, value in metrics.items():
+                client.log_metric(run_id, key, value)
+            for key, value in tags.items():
+                client.set_tag(run_id, key, value)
 
 
 def rank(model_name: str = REGISTERED_MODEL, parent_run_id: str | None = None, fingerprint: str | None = None,
@@ -31,11 +36,7 @@ def rank(model_name: str = REGISTERED_MODEL, parent_run_id: str | None = None, f
         raise ExatrackError(f"estimator={estimator} is not one of {', '.join(stats.ESTIMATORS)}")
     client = MlflowClient()
     with tracking.run("rank", run_name="rank", parent_run_id=parent_run_id) as active:
-        runs = leaderboard.evaluation_runs(client, active.info.experiment_id, fingerprint, source)
-        scope = (fingerprint, source) if fingerprint and source else leaderboard.default_scope(runs)
-        if scope is None:
-            raise ExatrackError("no evaluated base in this experiment: run `exatrack evaluate` (or `pipeline`) first")
-        board = leaderboard.build(runs, *scope, estimator)
+        board = leaderboard.for_scope(client, active.info.experiment_id, fingerprint, source, estimator)
         log_scores(client, board)
         mlflow.log_params({"fingerprint": board.fingerprint, "source_model": board.source, "estimator": estimator})
         mlflow.log_text(render.markdown(board), "leaderboard.md")

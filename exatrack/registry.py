@@ -44,5 +44,19 @@ def register_champion(client, board, model_name: str) -> str | None:
         model_name, source=f"{client.get_run(run_id).info.artifact_uri}/checkpoint", run_id=run_id, tags=tags)
     for key, value in tags.items():  # a re-ranking updates what the version's score is now
         client.set_model_version_tag(model_name, version.version, key, value)
+    mark_champion(client, model_name, run_id)
     client.set_registered_model_alias(model_name, CHAMPION, version.version)
     return version.version
+
+
+def mark_champion(client, model_name: str, run_id: str) -> None:
+    """The tag `exatrack.champion` on the champion's run only: the UI's runs table shows which it is."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        previous = client.get_model_version_by_alias(model_name, CHAMPION).run_id
+    except MlflowException:
+        previous = None
+    if previous and previous != run_id:
+        client.delete_tag(previous, "exatrack.champion")
+    client.set_tag(run_id, "exatrack.champion", model_name)

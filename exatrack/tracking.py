@@ -39,6 +39,20 @@ def use_experiment() -> str:
     return mlflow.set_experiment(EXPERIMENT).experiment_id
 
 
+# What each kind of run is, shown as its description in the MLflow UI.
+DESCRIPTIONS = {
+    "quantize": "A compressed checkpoint (llmcompressor): its recipe, checkpoint/ folder and quality proxy. "
+                "Its evaluations are nested under it.",
+    "prune": "A checkpoint with the least important decoder layers dropped (Block Influence).",
+    "distill": "A student trained on its teacher's next-token distributions.",
+    "sft": "A LoRA fine-tune merged back into a plain checkpoint.",
+    "pipeline": "Lanes of compression steps, evaluated side by side with the base in one vLLM session, "
+                "ranked (leaderboard.md/.csv/.png here) and promoted.",
+    "rank": "A leaderboard of one fingerprint and source model: scores with 95% intervals, ties, the verdict.",
+    "promote": "The submission: submit.zip built from a registered version, checked before the alias moved.",
+}
+
+
 @contextmanager
 def run(kind: str, run_id: str | None = None, run_name: str | None = None, parent_run_id: str | None = None,
         tags: dict | None = None):
@@ -46,7 +60,8 @@ def run(kind: str, run_id: str | None = None, run_name: str | None = None, paren
     import mlflow
 
     use_experiment()
-    tags = {**({"exatrack.kind": kind} if run_id is None else {}), **(tags or {})}
+    new = {"exatrack.kind": kind, "mlflow.note.content": DESCRIPTIONS.get(kind, "")} if run_id is None else {}
+    tags = {**new, **(tags or {})}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     if commit := git_commit():
@@ -94,3 +109,15 @@ def log_figure(fig, artifact_file: str) -> None:
 
     mlflow.log_figure(fig, artifact_file)
     plt.close(fig)
+
+
+def log_dataset(name: str, source: str, rows: list[dict], context: str) -> None:
+    """What a run saw, as an MLflow dataset input (name, source, digest, rows): the UI's Dataset column."""
+    import mlflow
+
+    if mlflow.active_run() is None or not rows:
+        return
+    import pandas as pd
+
+    dataset = mlflow.data.from_pandas(pd.DataFrame(rows), source=source, name=name)
+    mlflow.log_input(dataset, context=context)

@@ -49,7 +49,7 @@ def test_bad_input_is_one_clear_line_and_a_failed_run(args, says, tmp_path, tiny
     assert run.info.status == "FAILED" and says in run.data.tags["exatrack.error"]
 
 
-UTILITIES = {"recipes", "serving-env"}  # they track nothing, so they are no entry points
+UTILITIES = {"recipes", "serving-env", "leaderboard"}  # they track nothing, so they are no entry points
 
 
 def test_mlproject_entry_points_mirror_cli_commands_one_to_one():
@@ -57,10 +57,11 @@ def test_mlproject_entry_points_mirror_cli_commands_one_to_one():
     assert set(project["entry_points"]) == set(main.commands) - UTILITIES
     for name, entry in project["entry_points"].items():
         command = main.commands[name]
-        assert set(entry["parameters"]) == {p.name for p in command.params}, name
+        tracked = [p for p in command.params if not getattr(p, "is_flag", False)]  # --dry-run changes nothing tracked
+        assert set(entry["parameters"]) == {p.name for p in tracked}, name
         assert entry["command"].startswith(f"exatrack {name} ")
         text = " ".join(entry["command"].split())
-        for param in command.params:
+        for param in tracked:
             spelled = f"--{param.name} {{{param.name}}}" if isinstance(param, click.Option) else f"{{{param.name}}}"
             assert spelled in text, (name, param.name)
 
@@ -103,3 +104,40 @@ def test_a_pipeline_with_a_failed_lane_exits_non_zero_and_says_which(tiny_model,
     assert result.exit_code == 1
     assert "1 of 1 lanes failed (cut-too-much)" in result.output.strip().splitlines()[-1]
     assert mlflow.get_experiment_by_name("cli-pipeline") is not None and not (tmp_path / "s.zip").exists()
+
+
+def test_recipe_parameters_of_any_recipe_are_settable_from_quantize(tiny_model):
+    result = invoke("quantize", "--model", "tiny", "--recipe", "smoothquant_w8a8", "--num_samples", "8",
+                    "--max_seq_len", "64", "--recipe_params", "smoothing=0.5,actorder=weight")
+    assert result.exit_code == 0, result.output
+    run = last_run()
+    recipe = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/recipe.yaml")
+    assert "smoothing_strength: 0.5" in recipe and "actorder: weight" in recipe
+    assert {d.dataset.name for d in run.inputs.dataset_inputs} >= {"corpus", "heldout"}  # the Dataset column
+
+
+def test_leaderboard_is_read_only_and_promote_dry_run_changes_nothing(tiny_model, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from exatrack import serving
+    from tests.fakes import RecordedSession
+
+    monkeypatch.setattr(serving, "run_session", RecordedSession())
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "")
+    lanes = tmp_path / "lanes.yaml"
+    lanes.write_text(json.dumps({"lanes": {"w8a8": {"recipe": "w8a8", "num_samples": 8, "max_seq_len": 64}}}))
+    args = ["--experiment", "cli-board", "pipeline", "--model", "tiny", "--lanes", str(lanes), "--data", "sample",
+            "--benchmarks", "kmmlu_redux", "--registered_model", "EXAONE-cli-board", "--out", str(tmp_path / "a.zip")]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    client = MlflowClient()
+    experiment = mlflow.get_experiment_by_name("cli-board").experiment_id
+    before = len(client.search_runs([experiment]))
+    board = CliRunner().invoke(main, ["--experiment", "cli-board", "leaderboard"])
+    assert board.exit_code == 0 and "verdict: w8a8 leads" in board.output
+    dry = CliRunner().invoke(main, ["promote", "--registered_model", "EXAONE-cli-board", "--out", str(tmp_path / "b.zip"),
+                                    "--dry-run"])
+    assert dry.exit_code == 0 and "would package: " in dry.output and "config.json" in dry.output
+    assert len(client.search_runs([experiment])) == before and not (tmp_path / "b.zip").exists()
+    onto_folder = CliRunner().invoke(main, ["promote", "--registered_model", "EXAONE-cli-board", "--out", str(tmp_path)])
+    assert onto_folder.exit_code != 0 and "is a folder; name the zip file" in onto_folder.output
+    assert not list(tmp_path.glob("*.partial"))
