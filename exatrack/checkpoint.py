@@ -47,6 +47,10 @@ def log_checkpoint(model: Model, write, reference: Path | None = None) -> None:
         mlflow.log_metrics(size_metrics(model.folder, folder))
         mlflow.log_metrics(quality_proxy(reference or model.folder, folder))
         tracking.log_folder(folder, CHECKPOINT)
+    import torch
+
+    if torch.cuda.is_available():
+        mlflow.log_metric("peak_gpu_memory_gib", torch.cuda.max_memory_allocated() / 2**30)
 
 
 def save_bf16(model, tokenizer, folder: Path) -> None:

@@ -30,6 +30,11 @@ def main(experiment):
 
     if experiment:
         os.environ["MLFLOW_EXPERIMENT_NAME"] = experiment
+    ctx = click.get_current_context()
+    if ctx.invoked_subcommand not in (None, "recipes", "serving-env", "tiny"):  # they use no tracking store
+        from exatrack.tracking import store_ready
+
+        store_ready()
 
 
 @main.command()

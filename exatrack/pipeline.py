@@ -75,6 +75,8 @@ class Outcome:
 def load_lanes(path: str, only: str | None) -> dict[str, list[tuple[str, dict]]]:
     """Each lane as its list of (step, parameters), every step's parameters checked."""
     file = Path(path)
+    if not file.exists() and (recipes.PROJECT_RECIPES / file.name).exists():
+        file = recipes.PROJECT_RECIPES / file.name  # a lanes file shipped with the package, e.g. lanes.yaml
     if not file.exists():
         raise ExatrackError(f"lanes file {file} does not exist; pass e.g. --lanes recipes/lanes.yaml")
     try:

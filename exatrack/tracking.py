@@ -24,6 +24,21 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def store_ready() -> None:
+    """Create the default store under a lock: two commands started at once in a fresh folder used to
+    race MLflow's schema migration and leave a half-migrated mlflow.db that failed every later command.
+    A team server (MLFLOW_TRACKING_URI) migrates itself once, so only the embedded store needs this."""
+    import mlflow
+    from filelock import FileLock
+
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return
+    database = Path(uri[len("sqlite:///"):])
+    with FileLock(str(database) + ".lock"):
+        mlflow.MlflowClient().search_experiments(max_results=1)  # creates and migrates the database once
+
+
 def use_experiment() -> str:
     """The experiment named by `--experiment` or MLFLOW_EXPERIMENT_NAME; else the one `mlflow run` (or
     an earlier `mlflow.set_experiment`, which exports MLFLOW_EXPERIMENT_ID) chose; else 'exatrack'.
@@ -31,12 +46,22 @@ def use_experiment() -> str:
     import mlflow
 
     if name := os.environ.get("MLFLOW_EXPERIMENT_NAME"):
-        return mlflow.set_experiment(name).experiment_id
+        return set_experiment(name)
     if os.environ.get("MLFLOW_EXPERIMENT_ID"):
         return os.environ["MLFLOW_EXPERIMENT_ID"]
     if os.environ.get("MLFLOW_RUN_ID"):
         return mlflow.get_run(os.environ["MLFLOW_RUN_ID"]).info.experiment_id
-    return mlflow.set_experiment(EXPERIMENT).experiment_id
+    return set_experiment(EXPERIMENT)
+
+
+def set_experiment(name: str) -> str:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.set_experiment(name).experiment_id
+    except MlflowException:  # a command started at the same time created it between MLflow's lookup and create
+        return mlflow.set_experiment(name).experiment_id
 
 
 # What each kind of run is, shown as its description in the MLflow UI.
@@ -67,12 +92,21 @@ def run(kind: str, run_id: str | None = None, run_name: str | None = None, paren
     if commit := git_commit():
         tags["mlflow.source.git.commit"] = commit
     nested = mlflow.active_run() is not None
-    with mlflow.start_run(run_id=run_id, run_name=run_name, tags=tags or None, nested=nested) as active:
+    with mlflow.start_run(run_id=run_id, run_name=run_name, tags=tags or None, nested=nested,
+                          log_system_metrics=system_metrics()) as active:
         try:
             yield active
         except BaseException as err:
             mlflow.set_tag("exatrack.error", redact(str(getattr(err, "message", err)))[:5000])
             raise
+
+
+def system_metrics() -> bool:
+    """MLflow's system metrics (GPU memory and utilisation) where a GPU and NVIDIA's bindings are there."""
+    import importlib.util
+    import shutil
+
+    return shutil.which("nvidia-smi") is not None and importlib.util.find_spec("pynvml") is not None
 
 
 def redact(text: str) -> str:

@@ -290,3 +290,24 @@ def test_serving_failure_names_the_engines_first_exception_not_its_death():
     ]
     assert root_cause(lines) == "AttributeError: '_OpNamespace' '_C' object has no attribute 'cpu_gemm_wna16'"
     assert root_cause(["just a line"]) == "just a line"
+
+
+def test_a_model_vllm_cannot_load_is_reported_with_the_engines_own_reason(monkeypatch, tmp_path):
+    """The worker only knows 'Engine core initialization failed'; the engine logged the cause before it."""
+    import sys
+
+    from exatrack import serving
+
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import json, sys\n"
+        "print('loaded base (1/2)', file=sys.stderr)\n"
+        "print('(Worker pid=7) ERROR ValueError: Available memory on node 0 is less than requested', file=sys.stderr)\n"
+        "print('could not load candidate0: RuntimeError: Engine core initialization failed. See root cause above.', file=sys.stderr)\n"
+        "json.dump({'models': {'base': {}, 'candidate0': {'error': 'RuntimeError: Engine core initialization failed'}}},"
+        " open(sys.argv[2], 'w'))\n")
+    monkeypatch.setattr(serving, "WORKER", script)
+    monkeypatch.setenv("EXATRACK_SERVING_PYTHON", sys.executable)
+    response = serving.run_session({}, "two models")
+    assert response["models"]["candidate0"]["error"] == "ValueError: Available memory on node 0 is less than requested"
+    assert "error" not in response["models"]["base"]
