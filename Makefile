@@ -27,7 +27,7 @@ test: setup serving-env
 	$(BIN)/python -m pytest -q -ra
 
 demo: setup serving-env
-	$(BIN)/exatrack --experiment exatrack-demo pipeline --model tiny --data sample --max_tokens 48 --eager true --lanes recipes/demo-lanes.yaml
+	$(BIN)/exatrack --experiment exatrack-demo pipeline --model tiny --data sample --max_tokens 48 --eager --lanes recipes/demo-lanes.yaml
 
 clean:
 	rm -rf mlflow.db mlruns/[0-9]* mlruns/models submit.zip

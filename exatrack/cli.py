@@ -16,8 +16,11 @@ CALIB_HELP = "text to use: hub id, jsonl/json/parquet file, sample, or auto (sam
 
 
 def option(name: str, **kwargs):
-    """--with-dashes, also spelled --with_underscores like the MLproject parameter; '' means 'not given'."""
+    """--with-dashes, also spelled --with_underscores like the MLproject parameter; '' means 'not given'.
+    A boolean works as a flag (`--eager`) and takes a value too (`--eager false`, as MLproject passes it)."""
     spellings = {f"--{name.replace('_', '-')}", f"--{name}"}
+    if kwargs.get("type") is bool:
+        kwargs.update(is_flag=False, flag_value=True)
     return click.option(*sorted(spellings), name, callback=lambda ctx, param, value: None if value == "" else value, **kwargs)
 
 

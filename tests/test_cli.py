@@ -155,3 +155,17 @@ def test_two_commands_started_at_once_on_a_fresh_store_leave_it_intact(tmp_path)
     after = subprocess.run(["exatrack", "--experiment", "race", "leaderboard"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=300)
     assert after.stderr.strip().splitlines()[-1].startswith("Error: no evaluated base"), after.stderr[-800:]
+
+
+def test_boolean_options_work_as_flags_and_take_the_values_mlproject_passes():
+    from exatrack.cli import option
+
+    @click.command()
+    @option("eager", default=False, type=bool)
+    @option("data", default="hub")
+    def probe(eager, data):
+        click.echo(f"{eager} {data}")
+
+    for args, expected in (([], "False hub"), (["--eager"], "True hub"), (["--eager", "false"], "False hub"),
+                           (["--eager", "true", "--data", "x"], "True x"), (["--eager", "--data", "x"], "True x")):
+        assert CliRunner().invoke(probe, args).output.strip() == expected, args
