@@ -15,7 +15,8 @@ setup: $(VENV)/.installed
 # from a warm cache it installs in seconds where pip takes minutes.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q "$(TORCH)" uv
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q uv
 	$(BIN)/uv pip install -q --python $(BIN)/python -e ".[test]"
 	touch $@
 
