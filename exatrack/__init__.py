@@ -1,5 +1,6 @@
 """exatrack: an MLflow-tracked lab for compressing EXAONE-4.0-1.2B for serving in vLLM."""
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -12,6 +13,11 @@ DATA_DIR = Path(__file__).parent / "data"
 
 class ExatrackError(click.ClickException):
     """A mistake the user can fix: the message says what is wrong and how to fix it, in one line."""
+
+
+def digest(value) -> str:
+    """A short, stable name for a JSON-able value: how runs with the same inputs or conditions are found."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def cache_dir() -> Path:

@@ -12,15 +12,13 @@ times, what score.py's intervals resample), the fingerprint (what must be equal 
 to be comparable) and the session id (which runs were timed side by side).
 """
 
-import hashlib
-import json
 import logging
 import os
 import statistics
 import uuid
 from dataclasses import asdict, dataclass
 
-from exatrack import DATA_DIR, ExatrackError, models, serving, stats, tracking
+from exatrack import ExatrackError, digest, models, serving, stats, tracking
 from exatrack.bench import REGISTRY, content_hash, subset
 from exatrack.models import Model
 
@@ -83,8 +81,7 @@ def inputs_hash(ref: str, settings: Settings) -> str:
     from exatrack.worker import device_name  # standard library only: cheap here too
 
     serving_env = os.environ.get("EXATRACK_SERVING_PYTHON") or serving.spec()
-    parts = [ref, asdict(settings), device_name(), serving_env]
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    return digest([ref, asdict(settings), device_name(), serving_env])
 
 
 def fingerprint(settings: Settings, rows: dict, response: dict, max_model_len: int) -> dict:
@@ -100,15 +97,19 @@ def fingerprint(settings: Settings, rows: dict, response: dict, max_model_len: i
 
 
 def fingerprint_id(conditions: dict) -> str:
-    return hashlib.sha256(json.dumps(conditions, sort_keys=True).encode()).hexdigest()[:16]
+    return digest(conditions)
+
+
+def kv_cache_dtype(settings: Settings, model: Model) -> str | None:
+    """The KV cache dtype asked for, else the one the checkpoint was calibrated for; None: vLLM's own."""
+    return settings.kv_cache_dtype if settings.kv_cache_dtype != "auto" else model.kv_cache_dtype
 
 
 def engine_args(settings: Settings, model: Model, engines: int) -> dict:
     args = {"seed": 0, "enforce_eager": settings.eager, **serving.engine_memory(engines)}
     if settings.max_model_len:
         args["max_model_len"] = settings.max_model_len
-    kv_cache = settings.kv_cache_dtype if settings.kv_cache_dtype != "auto" else model.kv_cache_dtype
-    if kv_cache:
+    if kv_cache := kv_cache_dtype(settings, model):
         args["kv_cache_dtype"] = kv_cache  # passed explicitly: vLLM must use what the checkpoint was calibrated for
     return args
 
@@ -184,7 +185,7 @@ class Session:
                     end_failed(client, pending.pop(key), error)
                     continue
                 with tracking.run("evaluation", run_id=pending.pop(key)):
-                    log_evaluation(model, self, response)
+                    log_evaluation(key, self, response)
         except BaseException as err:
             for run_id in pending.values():
                 end_failed(client, run_id, str(getattr(err, "message", err)))
@@ -213,7 +214,6 @@ class Session:
         return client.create_run(tracking.use_experiment(), run_name=name, tags=tags).info.run_id
 
 
-
 def end_failed(client, run_id: str, why: str) -> None:
     client.set_tag(run_id, "exatrack.error", tracking.redact(why)[:5000])
     client.set_terminated(run_id, "FAILED")
@@ -225,16 +225,15 @@ def description(model: Model, is_base: bool, lane: str | None) -> str:
             "session; `rank` adds perf_norm, speed_norm and score with 95% intervals.")
 
 
-def log_evaluation(model: Model, session: Session, response: dict) -> None:
+def log_evaluation(key: str, session: Session, response: dict) -> None:
     import mlflow
 
-    key = next(k for k, m in session.models.items() if m is model)
-    settings, rows = session.settings, session.rows
+    model, settings, rows = session.models[key], session.settings, session.rows
     generated = {name: bench[key] for name, bench in response["benchmarks"].items()}
     answers = {name: g["answers"] for name, g in generated.items()}
     results = {name: REGISTRY[name].score(rows[name], answers[name]) for name in rows}
     used = response["models"][key]
-    check_kv_cache(engine_args(settings, model, 1).get("kv_cache_dtype"), used["kv_cache_dtype"])
+    check_kv_cache(kv_cache_dtype(settings, model), used["kv_cache_dtype"])
     conditions = fingerprint(settings, rows, response, response["models"]["base"]["max_model_len"])
     mlflow.log_metrics(evaluation_metrics(results, generated, used["load_time_s"]))
     scored = [n for n, r in results.items() if r.metrics[REGISTRY[n].primary] is not None]
@@ -252,9 +251,7 @@ def log_evaluation(model: Model, session: Session, response: dict) -> None:
     mlflow.set_tags({k: tracking.redact(v) for k, v in tags.items()})
     mlflow.log_dict(conditions, "fingerprint.json")
     for name, benchmark_rows in rows.items():
-        source = session.sources[name]
-        where = REGISTRY[name].hub_id if source == "hub" else str(DATA_DIR / "bench" / f"{name}.jsonl") if source == "sample" else source
-        tracking.log_dataset(name, where, benchmark_rows, "evaluation")
+        tracking.log_dataset(name, REGISTRY[name].location(session.sources[name]), benchmark_rows, "evaluation")
     mlflow.log_dict({"items": {name: REGISTRY[name].item_scores(r) for name, r in results.items()},
                      "chunks": {name: g["chunks"] for name, g in generated.items()}}, "paired.json")
     for name, result in results.items():

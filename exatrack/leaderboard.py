@@ -6,9 +6,10 @@ A board covers ONE fingerprint and ONE source model: a tiny-model demo and a rea
 same store never compete, and a run is never scored against a base from other conditions.
 """
 
+import statistics
 from dataclasses import dataclass, field
 
-from exatrack import evaluate, stats
+from exatrack import evaluate
 from exatrack.bench import REGISTRY
 from exatrack.models import SOURCE_MODEL
 from exatrack.score import Measured, Score, Unscorable, paired_score
@@ -68,9 +69,10 @@ class Board:
         s = leader.score
         line = f"{leader.name} leads with score {s.score:.4f} [{s.score_ci.low:.4f}, {s.score_ci.high:.4f}]"
         tied = [e.name for e in self.scored[1:] if e.tied]
-        if tied:
-            line += f"; {' and '.join([', '.join(tied[:-1]), tied[-1]] if len(tied) > 1 else tied)} " \
-                    f"{'are' if len(tied) > 1 else 'is'} tied with it"
+        if len(tied) == 1:
+            line += f"; {tied[0]} is tied with it"
+        elif tied:
+            line += f"; {', '.join(tied[:-1])} and {tied[-1]} are tied with it"
         if s.score_ci.low <= BASE_SCORE:
             line += f"; its lead over the base ({BASE_SCORE}) is inside the noise"
         return line
@@ -126,21 +128,24 @@ def build(runs: list, fingerprint: str, source: str, estimator: str = "sum") -> 
     runs = [r for r in runs if r.data.tags.get(evaluate.FINGERPRINT) == fingerprint
             and r.data.tags.get(SOURCE_MODEL) == source]
     bases = {r.data.tags.get(evaluate.SESSION): r for r in runs if r.data.tags.get(evaluate.BASE) == "true"}
+    measured_bases = {}  # a base is read once, however many candidates its session had
     board = Board(fingerprint, source, [])
     for run in runs:
         entry = Entry(run, official=run.data.metrics.get("official_score"))
+        board.entries.append(entry)
         base = bases.get(run.data.tags.get(evaluate.SESSION))
         if entry.is_base:
-            pass
-        elif base is None:
+            continue
+        if base is None:
             entry.reason = "its serving session has no finished base run: evaluate it again with its base"
-        else:
-            entry.base_run_id = base.info.run_id
-            try:
-                entry.score = paired_score(load_measured(run), load_measured(base), estimator)
-            except Unscorable as err:
-                entry.reason = str(err)
-        board.entries.append(entry)
+            continue
+        entry.base_run_id = base.info.run_id
+        if base.info.run_id not in measured_bases:
+            measured_bases[base.info.run_id] = load_measured(base)
+        try:
+            entry.score = paired_score(load_measured(run), measured_bases[base.info.run_id], estimator)
+        except Unscorable as err:
+            entry.reason = str(err)
     mark_ties(board)
     estimate_official(board)
     return board
@@ -160,7 +165,7 @@ def estimate_official(board: Board) -> None:
     board.official_ratios = ratios
     if len(ratios) < 2:
         return
-    middle = stats.statistics.median(ratios)
+    middle = statistics.median(ratios)
     for entry in board.scored:
         local = entry.score.score
         entry.estimate = (min(ratios) * local, middle * local, max(ratios) * local)

@@ -12,8 +12,6 @@ prune and distil once; a lane already evaluated with the same settings keeps its
 that crashes leaves its run FAILED and the others go on; the pipeline then exits non-zero.
 """
 
-import hashlib
-import json
 import logging
 import sys
 import time
@@ -23,12 +21,10 @@ from pathlib import Path
 import yaml
 from tqdm.auto import tqdm
 
-from exatrack import (ExatrackError, checkpoint, distill, evaluate, leaderboard, models, prune, quantize, recipes,
+from exatrack import (ExatrackError, checkpoint, digest, distill, evaluate, leaderboard, models, prune, quantize, recipes,
                       serving, sft, tracking)
-from exatrack.rank import rank
+from exatrack.rank import log_board, rank
 from exatrack.registry import REGISTERED_MODEL
-from exatrack import render
-from exatrack.render import markdown
 
 log = logging.getLogger(__name__)
 STEP_INPUTS = "exatrack.step_inputs"  # tag: the hash of a step's inputs, to find it again
@@ -115,10 +111,6 @@ def steps_of(name: str, spec, file: Path) -> list[tuple[str, dict]]:
     return steps
 
 
-def inputs_hash(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def find_finished(client, experiment_id: str, tag: str, value: str, under: str | None = None):
     """The newest finished run with this tag (of this pipeline only, when `under` names it)."""
     query = f"attributes.status = 'FINISHED' and tags.`{tag}` = '{value}'"
@@ -133,7 +125,7 @@ def make_lane(client, experiment_id: str, name: str, steps: list, base: str, cal
     """Run (or reuse) the lane's steps; returns the last step's run id and whether all were reused."""
     current, reused, run_id = base, True, None
     for i, (step, params) in enumerate(steps):
-        key = inputs_hash(base, steps[:i + 1], calib)
+        key = digest([base, steps[:i + 1], calib])
         # forced: redo what earlier pipelines did, but still share a prefix between this one's lanes
         run = find_finished(client, experiment_id, STEP_INPUTS, key, parent_id if force else None)
         if run:
@@ -197,11 +189,7 @@ def pipeline(model: str, lanes_file: str, settings, only: str | None = None, cal
         submission = None
         if board.champion and board.leader.checkpoint_run and checkpoint.uri(board.leader.checkpoint_run) in ours:
             submission = promote(model_name=model_name, out=out, verify=verify, parent_run_id=parent_id)
-        mlflow.log_text(markdown(board), "leaderboard.md")
-        mlflow.log_text(render.to_csv(board), "leaderboard.csv")
-        if board.scored:
-            tracking.log_figure(render.plot(board), "leaderboard.png")
-        mlflow.set_tag("exatrack.verdict", board.verdict()[:5000])
+        log_board(board)
     return Outcome(status, board, submission)
 
 

@@ -26,6 +26,17 @@ def log_scores(client, board) -> None:
                 client.set_tag(run_id, key, value)
 
 
+def log_board(board) -> None:
+    """On the active run (the ranking run, and a pipeline's own): the table, the plot, the verdict."""
+    import mlflow
+
+    mlflow.log_text(render.markdown(board), "leaderboard.md")
+    mlflow.log_text(render.to_csv(board), "leaderboard.csv")
+    if board.scored:
+        tracking.log_figure(render.plot(board), "leaderboard.png")
+    mlflow.set_tag("exatrack.verdict", board.verdict()[:5000])
+
+
 def rank(model_name: str = REGISTERED_MODEL, parent_run_id: str | None = None, fingerprint: str | None = None,
          source: str | None = None, estimator: str = "sum", register: bool = True) -> leaderboard.Board:
     import mlflow
@@ -39,12 +50,9 @@ def rank(model_name: str = REGISTERED_MODEL, parent_run_id: str | None = None, f
         board = leaderboard.for_scope(client, active.info.experiment_id, fingerprint, source, estimator)
         log_scores(client, board)
         mlflow.log_params({"fingerprint": board.fingerprint, "source_model": board.source, "estimator": estimator})
-        mlflow.log_text(render.markdown(board), "leaderboard.md")
-        mlflow.log_text(render.to_csv(board), "leaderboard.csv")
-        tracking.log_figure(render.plot(board), "leaderboard.png")
+        log_board(board)
         mlflow.log_metrics({"scored_runs": len(board.scored),
                             "unscored_runs": sum(1 for e in board.entries if not e.score and not e.is_base)})
-        mlflow.set_tag("exatrack.verdict", board.verdict()[:5000])
         if register:
             board.champion = registry.register_champion(client, board, model_name)
         if board.champion:

@@ -15,6 +15,7 @@ per-request timestamps (first scheduled to last token): model load, chat renderi
 are not counted.
 """
 
+import functools
 import json
 import platform
 import subprocess
@@ -22,6 +23,7 @@ import sys
 import time
 
 
+@functools.cache  # asked for every evaluation's inputs: nvidia-smi once per process is enough
 def device_name() -> str:
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=20)

@@ -38,14 +38,14 @@ class Benchmark:
     primary: str
     version: int = 1  # raised whenever scoring changes: runs of another version compare as another fingerprint
 
+    def location(self, source: str) -> str:
+        """Where `hub`, `sample` (the bundled rows) or a local file in the hub's schema is."""
+        if source == "hub":
+            return self.hub_id
+        return str(DATA_DIR / "bench" / f"{self.name}.jsonl") if source == "sample" else str(Path(source).expanduser())
+
     def load(self, source: str) -> list[dict]:
-        """`hub`, `sample` (the bundled rows) or a local file in the hub's schema."""
-        if source == "sample":
-            rows = read_records(DATA_DIR / "bench" / f"{self.name}.jsonl")
-        elif source == "hub":
-            rows = self.from_hub()
-        else:
-            rows = read_records(Path(source).expanduser())
+        rows = self.from_hub() if source == "hub" else read_records(Path(self.location(source)))
         for i, row in enumerate(rows):
             missing = [f for f in self.fields if f not in row]
             if missing:
