@@ -1,0 +1,242 @@
+"""The bad-input catalogue: every mistake a user can make ends in one line saying what is wrong and how
+to fix it, before any model loads; a run opened for it ends FAILED with that line as its error; nothing
+is registered and nothing half-written is left behind.
+
+Each case names its arguments ({placeholders} are the broken inputs the `bad` fixture writes), the
+fragments its Error line must hold (what is wrong, then how to fix it), and whether the command opens a
+run before it refuses.
+"""
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import mlflow
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from exatrack.cli import main
+
+
+def case(args: str, *says: str, run: bool = False, env: dict | None = None, id: str):
+    return pytest.param(args.split(), says, run, env or {}, id=id)
+
+
+CASES = [
+    # quantize: the model
+    case("quantize --model /no/such/folder", "no model at '/no/such/folder'", "pass an existing folder",
+         run=True, id="model-missing"),
+    case("quantize --model {empty}", "has no config.json", "pass a Hugging Face model folder",
+         run=True, id="model-empty-folder"),
+    case("quantize --model runs:/0123456789abcdef0123456789abcdef/checkpoint", "no run 0123456789abcdef",
+         "check the run id", run=True, id="model-fake-run-id"),
+    case("quantize --model runs:/{no_checkpoint}/checkpoint", "holds no config.json", "runs:/<id>/checkpoint",
+         run=True, id="model-run-without-checkpoint"),
+    case("quantize --model models:/EXAONE-never-registered@champion", "has no version or alias 'champion'",
+         "run `exatrack rank` first", run=True, id="model-unregistered-alias"),
+    case("quantize --model nosuch-org/nosuch-model", "cannot download nosuch-org/nosuch-model",
+         "check the id, your network and HF_TOKEN", run=True, id="model-unknown-hub-id"),
+    # quantize: the recipe and its parameters
+    case("quantize --model tiny --recipe w3a3", "unknown recipe 'w3a3'", "choose one of",
+         run=True, id="recipe-unknown"),
+    case("quantize --model tiny --recipe {broken_yaml}", "is not valid YAML", "fix the file",
+         run=True, id="recipe-not-yaml"),
+    case("quantize --model tiny --recipe sparse24_fp8", "needs compressed-tensors<=0.14.0", "compress it where",
+         run=True, id="recipe-needs-other-packages"),
+    case("quantize --model tiny --damp 1.5", "damp=1.5 is out of range", "e.g. 0.01",
+         run=True, id="damp-out-of-range"),
+    case("quantize --model tiny --num_samples 0", "num_samples=0 is out of range", ">= 1",
+         run=True, id="num-samples-zero"),
+    case("quantize --model tiny --max_seq_len 8", "max_seq_len=8 is out of range", ">= 16",
+         run=True, id="max-seq-len-too-short"),
+    case("quantize --model tiny --actorder group", "actorder='group' is not one of", "'static', 'weight'",
+         run=True, id="actorder-not-a-choice"),
+    case("quantize --model tiny --recipe_params smoothingg=0.5", "has no parameter smoothingg", "see `exatrack recipes`",
+         run=True, id="recipe-params-unknown-name"),
+    case("quantize --model tiny --recipe_params smoothing", "'smoothing' is not name=value", "e.g. smoothing=0.5",
+         id="recipe-params-not-pairs"),
+    case("quantize --model tiny --dampp 0.1", "No such option '--dampp'", "Did you mean '--damp'?",
+         id="unknown-option"),
+    # prune, distill, sft: checked against the config and the text before the model loads
+    case("distill --model tiny", "the student tiny would be its own teacher", "pass another --teacher",
+         run=True, id="distill-own-teacher"),
+    case("distill --model tiny --teacher /no/such/teacher", "no model at '/no/such/teacher'", "pass an existing folder",
+         run=True, id="distill-teacher-missing"),
+    case("sft --model tiny --lora_dropout 1.5", "lora_dropout=1.5 is out of range", "< 1",
+         run=True, id="sft-dropout-out-of-range"),
+    # evaluate: refused before any engine starts
+    case("evaluate --benchmarks kmmlu_pro,unknownbench", "unknown benchmark 'unknownbench'", "choose from",
+         id="benchmark-unknown"),
+    case("evaluate --limit -1", "limit=-1 is out of range", "at least 0", id="limit-negative"),
+    case("evaluate --max_tokens -1", "max_tokens=-1 is out of range", "at least 1", id="max-tokens-negative"),
+    case("evaluate --max_tokens lots", "'lots' is not a valid integer", id="max-tokens-not-a-number"),
+    case("evaluate --group 1", "group=1 is out of range", "at least 2", id="group-without-room-for-a-candidate"),
+    case("evaluate --data bogus", "data='bogus' is neither hub, sample nor name=path", id="data-unknown-source"),
+    case("evaluate --data sample,nosuch=x.jsonl", "data override 'nosuch=x.jsonl' names no benchmark", "use one of",
+         id="data-override-unknown-benchmark"),
+    case("evaluate --base tiny --benchmarks kmmlu_redux --data sample,kmmlu_redux=/no/such/redux.jsonl",
+         "/no/such/redux.jsonl does not exist", "pass an existing jsonl", id="data-file-missing"),
+    case("evaluate --base tiny --benchmarks kmmlu_redux --data sample,kmmlu_redux={no_field_jsonl}",
+         "has no 'question' field", "each row needs question", id="data-file-wrong-schema"),
+    case("evaluate --model runs:/0123456789abcdef0123456789abcdef/checkpoint", "no run 0123456789abcdef",
+         "check the run id", id="evaluate-fake-run-id"),
+    case("evaluate --model runs:/{no_checkpoint}/checkpoint", "holds no config.json", "runs:/<id>/checkpoint",
+         id="evaluate-run-without-checkpoint"),
+    case("evaluate --model tiny,{tiny_copy}", "the candidates derive from different models", "pass --base",
+         id="evaluate-candidates-of-two-families"),
+    # record-official
+    case("record-official 0123abc --score nan", "--score nan is not an official challenge score", "between 0 and 1",
+         id="official-score-nan"),
+    case("record-official 0123abc --score -7", "--score -7.0 is not an official challenge score", "between 0 and 1",
+         id="official-score-negative"),
+    case("record-official 0123abc --score high", "'high' is not a valid float", id="official-score-not-a-number"),
+    # rank, leaderboard, promote
+    case("rank", "no evaluated base in this experiment", "run `exatrack evaluate`", run=True, id="rank-with-no-runs"),
+    case("rank --registered_model MyModel", "must begin with 'EXAONE'", id="rank-registry-name-without-exaone"),
+    case("leaderboard", "no evaluated base in this experiment", "run `exatrack evaluate`", id="leaderboard-with-no-runs"),
+    case("promote --registered_model EXAONE-never-registered", "has no version or alias 'champion'",
+         "run `exatrack rank` first", run=True, id="promote-nothing-registered"),
+    case("promote --registered_model EXAONE-bad-input --version 99", "has no version or alias '99'",
+         "name a version number", run=True, id="promote-unknown-version"),
+    case("promote --out {folder}", "is a folder", "name the zip file", id="promote-out-is-a-folder"),
+    case("promote --verify maybe", "'maybe' is not one of 'files', 'vllm'", id="promote-verify-not-a-choice"),
+    # pipeline: the whole lanes file is checked before any run
+    case("pipeline --lanes {lanes_misspelt_key_yaml}", "needs 'lanes:'", "mapping each lane name",
+         id="lanes-misspelt-top-key"),
+    case("pipeline --lanes {lanes_unknown_step_yaml}", "lane chain", "unknown step 'prnue'", "steps are quantize",
+         id="lanes-unknown-step"),
+    case("pipeline --lanes {lanes_unknown_param_yaml}", "lane fast in", "recipe 'w8a8' has no parameter dampp",
+         "see `exatrack recipes`", id="lanes-unknown-parameter"),
+    case("pipeline --lanes {lanes_ok_yaml} --only nosuch", "lane 'nosuch' is not in", "its lanes are fast",
+         id="lanes-only-unknown"),
+    # the store, the experiment, the command
+    case("quantise --model tiny", "No such command 'quantise'", "Did you mean 'quantize'?", id="unknown-command"),
+]
+
+
+def recipe(modifier: str, argument: str) -> str:
+    return (f"params: {{}}\nrecipe:\n  quant_stage:\n    quant_modifiers:\n      {modifier}:\n"
+            f"        targets: [Linear]\n        scheme: W8A8\n        ignore: [lm_head]\n        {argument}\n")
+
+
+@pytest.fixture(scope="module")
+def bad(tiny_model, tmp_path_factory) -> dict:
+    """Broken inputs of every kind, and a store holding a run without a checkpoint and one registered version."""
+    root = tmp_path_factory.mktemp("bad")
+    paths = {"folder": root / "folder", "empty": root / "empty"}
+    paths["folder"].mkdir()
+    paths["empty"].mkdir()
+    for name in ("tiny_copy", "bad_config", "cut_weights", "no_tokenizer", "llama"):
+        paths[name] = root / name
+        shutil.copytree(tiny_model, paths[name])
+    (paths["bad_config"] / "config.json").write_text("{not json")
+    weights = (paths["cut_weights"] / "model.safetensors").read_bytes()
+    (paths["cut_weights"] / "model.safetensors").write_bytes(weights[:len(weights) // 2])
+    (paths["no_tokenizer"] / "tokenizer.json").unlink()
+    config = json.loads((tiny_model / "config.json").read_text())
+    (paths["llama"] / "config.json").write_text(json.dumps({**config, "model_type": "llama",
+                                                            "architectures": ["LlamaForCausalLM"]}))
+    files = {
+        "binary.jsonl": bytes(range(256)),
+        "empty.jsonl": "",
+        "no_field.jsonl": json.dumps({"prompt": "hi"}) + "\n",
+        "bad_json.jsonl": json.dumps({"text": "fine"}) + "\n{not json\n",
+        "lists.jsonl": "[1, 2]\n",
+        "notes.txt": "plain text\n",
+        "broken.yaml": "recipe: [unclosed\n",
+        "misspelt_modifier.yaml": recipe("GPTQModifer", "dampening_frac: 0.01"),
+        "misspelt_argument.yaml": recipe("GPTQModifier", "dampening_fraq: 0.01"),
+        "no_stage.yaml": recipe("GPTQModifier", "dampening_frac: 0.01").replace("quant_stage", "quant"),
+        "lanes_ok.yaml": {"lanes": {"fast": {"recipe": "w8a8"}}},
+        "lanes_unknown_param.yaml": {"lanes": {"fast": {"recipe": "w8a8", "dampp": 0.1}}},
+        "lanes_unknown_step.yaml": {"lanes": {"chain": {"steps": [{"prnue": {"drop": 1}}]}}},
+        "lanes_misspelt_key.yaml": {"lane": {"fast": {"recipe": "w8a8"}}},
+        "lanes_extra_key.yaml": {"lanes": {"fast": {"recipe": "w8a8"}}, "defaults": {"damp": 0.02}},
+        "lanes_params_beside_steps.yaml": {"lanes": {"chain": {"steps": [{"quantize": {"recipe": "w8a8"}}],
+                                                               "damp": 0.02}}},
+        "lanes_misspelt_modifier.yaml": {"lanes": {"typo": {"recipe": str(root / "misspelt_modifier.yaml")}}},
+    }
+    for name, content in files.items():  # {binary_jsonl} names binary.jsonl
+        path = paths[name.replace(".", "_")] = root / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content if isinstance(content, str) else json.dumps(content), encoding="utf-8")
+    client = MlflowClient()
+    experiment = client.create_experiment("bad-input-fixtures")
+    paths["no_checkpoint"] = client.create_run(experiment).info.run_id
+    client.set_terminated(paths["no_checkpoint"])
+    registered = client.create_run(experiment).info.run_id
+    client.log_artifacts(registered, str(tiny_model), "checkpoint")
+    client.set_terminated(registered)
+    client.delete_experiment(client.create_experiment("bad-input-deleted"))
+    client.create_registered_model("EXAONE-bad-input")
+    source = f"{client.get_run(registered).info.artifact_uri}/checkpoint"
+    client.create_model_version("EXAONE-bad-input", source, registered)
+    return {k: str(v) for k, v in paths.items()}
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch, tmp_path):
+    """Each case in the experiment 'bad-input' (empty: rank finds nothing) and with a temporary folder of
+    its own, which must be empty again afterwards."""
+    import transformers
+
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "bad-input")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setenv("TMPDIR", str(scratch))
+
+    def no_model_load(*args, **kwargs):
+        raise AssertionError("a model was loaded before the bad input was refused")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_model_load)
+    yield scratch
+    left = [p.name for p in scratch.iterdir() if not p.name.startswith("torchinductor_")]  # torch's own cache
+    assert not left, "temporary files were left behind"
+
+
+def runs() -> dict:
+    return {r.info.run_id: r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")}
+
+
+def registry() -> set:
+    client = MlflowClient()
+    return {(m.name, v.version, tuple(v.aliases)) for m in client.search_registered_models()
+            for v in client.search_model_versions(f"name = '{m.name}'")}
+
+
+def partial_files(*folders) -> list:
+    return [p for folder in folders for p in Path(folder).rglob("*.partial")]
+
+
+def assert_one_error_line(output: str, says: tuple) -> str:
+    lines = output.strip().splitlines()
+    assert lines and [line for line in lines if line.startswith("Error")] == [lines[-1]], output[-3000:]
+    assert "Traceback" not in output
+    for fragment in says:
+        assert fragment in lines[-1], (fragment, lines[-1])
+    return lines[-1]
+
+
+@pytest.mark.parametrize("args, says, opens_run, env", CASES)
+def test_bad_input_is_one_clear_line_and_leaves_nothing_behind(args, says, opens_run, env, bad, tmp_path):
+    before_runs, before_registry = runs(), registry()
+    result = CliRunner().invoke(main, [arg.format(**bad) for arg in args],
+                                env={k: v.format(**bad) for k, v in env.items()})
+    assert result.exit_code not in (0, None) and isinstance(result.exception, SystemExit), result.output[-3000:]
+    line = assert_one_error_line(result.output, says)
+    opened = [run for run_id, run in runs().items() if run_id not in before_runs]
+    assert len(opened) == (1 if opens_run else 0), [r.info.run_name for r in opened]
+    for run in opened:
+        assert run.info.status == "FAILED" and run.data.tags["exatrack.error"] in line
+        assert not MlflowClient().list_artifacts(run.info.run_id, "checkpoint")
+    assert registry() == before_registry
+    assert not partial_files(Path.cwd(), tmp_path, Path(bad["folder"]).parent)
+
+
+def test_the_catalogue_holds_at_least_forty_distinct_cases():
+    assert len({c.id for c in CASES}) == len(CASES) >= 40
