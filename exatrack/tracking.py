@@ -10,6 +10,8 @@ import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 
+from exatrack import ExatrackError
+
 EXPERIMENT = "exatrack"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Environment variables whose values must never reach a param, tag, artifact or log line.
@@ -25,18 +27,47 @@ def git_commit() -> str | None:
 
 
 def store_ready() -> None:
-    """Create the default store under a lock: two commands started at once in a fresh folder used to
-    race MLflow's schema migration and leave a half-migrated mlflow.db that failed every later command.
-    A team server (MLFLOW_TRACKING_URI) migrates itself once, so only the embedded store needs this."""
+    """Refuse in seconds, with one line, a store that cannot work, before any command starts its work.
+
+    A tracking server on a closed port used to hang for minutes in MLflow's retries, and a read-only
+    working folder failed only at the first write with an sqlite message. The default store is also
+    created here under a lock: two commands started at once in a fresh folder used to race MLflow's
+    schema migration and leave a half-migrated mlflow.db that failed every later command."""
     import mlflow
     from filelock import FileLock
+    from mlflow.exceptions import MlflowException
 
     uri = mlflow.get_tracking_uri()
-    if not uri.startswith("sqlite:///"):
+    if uri.startswith(("http://", "https://")):
+        server_answers(uri)
+    try:
+        if not uri.startswith("sqlite:///"):  # a team server migrates itself
+            mlflow.MlflowClient().search_experiments(max_results=1)
+            return
+        database = Path(uri[len("sqlite:///"):])
+        if not os.access(database.parent, os.W_OK):
+            raise ExatrackError(f"the folder {database.parent.resolve()} is read-only, and MLflow's default store "
+                                "(mlflow.db and mlruns/) is written there; run exatrack from a folder you can write to, "
+                                "or set MLFLOW_TRACKING_URI")
+        with FileLock(str(database) + ".lock"):
+            mlflow.MlflowClient().search_experiments(max_results=1)  # creates and migrates the database once
+    except MlflowException as err:
+        raise ExatrackError(f"the tracking store {uri} does not work ({str(err).strip().splitlines()[0][:300]}); "
+                            "fix or unset MLFLOW_TRACKING_URI")
+
+
+def server_answers(uri: str, timeout_s: float = 5.0) -> None:
+    """One short request to the server's /health; any HTTP answer will do (a proxy may guard /health)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError:
         return
-    database = Path(uri[len("sqlite:///"):])
-    with FileLock(str(database) + ".lock"):
-        mlflow.MlflowClient().search_experiments(max_results=1)  # creates and migrates the database once
+    except OSError as err:  # refused, unknown host, timed out
+        raise ExatrackError(f"no tracking server answers at MLFLOW_TRACKING_URI={uri} "
+                            f"({getattr(err, 'reason', err)}); start the server, or fix or unset MLFLOW_TRACKING_URI")
 
 
 def use_experiment() -> str:
@@ -58,6 +89,10 @@ def set_experiment(name: str) -> str:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None and found.lifecycle_stage == "deleted":
+        raise ExatrackError(f"experiment '{name}' is deleted; restore it (`mlflow experiments restore --experiment-id "
+                            f"{found.experiment_id}`) or pick another name with --experiment")
     try:
         return mlflow.set_experiment(name).experiment_id
     except MlflowException:  # a command started at the same time created it between MLflow's lookup and create

@@ -8,8 +8,13 @@ run before it refuses.
 """
 
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import mlflow
@@ -112,6 +117,12 @@ CASES = [
     case("pipeline --lanes {lanes_ok_yaml} --only nosuch", "lane 'nosuch' is not in", "its lanes are fast",
          id="lanes-only-unknown"),
     # the store, the experiment, the command
+    case("--experiment bad-input-deleted leaderboard", "experiment 'bad-input-deleted' is deleted",
+         "mlflow experiments restore --experiment-id", "or pick another name with --experiment", id="experiment-deleted"),
+    case("leaderboard", "the tracking store foo://bar does not work", "fix or unset MLFLOW_TRACKING_URI",
+         env={"MLFLOW_TRACKING_URI": "foo://bar"}, id="tracking-uri-unsupported"),
+    case("leaderboard", "The filesystem tracking backend", "fix or unset MLFLOW_TRACKING_URI",
+         env={"MLFLOW_TRACKING_URI": "{folder}/file-store"}, id="tracking-uri-file-store"),
     case("quantise --model tiny", "No such command 'quantise'", "Did you mean 'quantize'?", id="unknown-command"),
 ]
 
@@ -240,3 +251,41 @@ def test_bad_input_is_one_clear_line_and_leaves_nothing_behind(args, says, opens
 
 def test_the_catalogue_holds_at_least_forty_distinct_cases():
     assert len({c.id for c in CASES}) == len(CASES) >= 40
+
+
+def exatrack_process(args: list, cwd: Path, env: dict, prefix: tuple = ()):
+    """`exatrack` in a process of its own, for what one in this process cannot show: how long it takes
+    to refuse, and a working folder of its own. Returns the finished process and its wall time."""
+    command = [*prefix, str(Path(sys.executable).with_name("exatrack")), *args]
+    started = time.monotonic()
+    done = subprocess.run(command, cwd=cwd, env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+    return done, time.monotonic() - started
+
+
+def test_a_tracking_server_that_does_not_answer_is_refused_in_seconds(tmp_path):
+    """It used to hang four minutes in MLflow's retries, then print a traceback."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again once the probe is
+    uri = f"http://127.0.0.1:{port}"
+    done, took = exatrack_process(["quantize", "--model", "tiny"], tmp_path, {"MLFLOW_TRACKING_URI": uri})
+    assert done.returncode == 1 and took < 60, (took, done.stderr[-2000:])
+    assert_one_error_line(done.stderr, (f"no tracking server answers at MLFLOW_TRACKING_URI={uri}", "start the server"))
+    assert [p.name for p in tmp_path.iterdir()] == ["tmp"]  # nothing written where it ran
+
+
+def test_a_read_only_working_folder_is_refused_at_once(tmp_path):
+    """It used to fail after 106 s with an sqlite message, once the work was done."""
+    folder = tmp_path / "read-only"
+    folder.mkdir(mode=0o555)
+    prefix = ()
+    if os.geteuid() == 0:  # root writes anywhere unless it gives up that capability
+        setpriv = shutil.which("setpriv") or pytest.skip("as root, a folder is read-only only under setpriv")
+        prefix = (setpriv, "--bounding-set=-dac_override,-dac_read_search", "--")
+    try:
+        done, took = exatrack_process(["quantize", "--model", "tiny"], folder, {}, prefix)
+    finally:
+        folder.chmod(0o755)
+    assert done.returncode == 1 and took < 60, (took, done.stderr[-2000:])
+    assert_one_error_line(done.stderr, (f"the folder {folder} is read-only", "from a folder you can write to"))
+    assert not list(folder.iterdir())
