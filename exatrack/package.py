@@ -27,13 +27,11 @@ def select_files(folder: Path) -> list[Path]:
 
 def check(folder: Path) -> list[str]:
     """Everything vLLM needs is there and readable; returns the problems found (none = ready)."""
-    from safetensors import safe_open
-
     names = {p.name for p in folder.iterdir()}
     problems = [f"missing {n}" for n in ("config.json", "generation_config.json", "tokenizer_config.json") if n not in names]
     if not any(n.endswith(".safetensors") for n in names):
         problems.append("missing *.safetensors weights")
-    if "tokenizer.json" not in names and not {"vocab.json", "merges.txt"} <= names:
+    if not models.has_tokenizer(names):
         problems.append("missing tokenizer files (tokenizer.json, or vocab.json and merges.txt)")
     if problems:
         return problems
@@ -43,13 +41,7 @@ def check(folder: Path) -> list[str]:
         return [f"config.json does not parse ({err})"]
     if not config.get("architectures"):
         problems.append("config.json names no architectures; vLLM cannot pick a model class")
-    for weights in folder.glob("*.safetensors"):
-        try:
-            with safe_open(str(weights), "pt") as f:
-                if not list(f.keys()):
-                    problems.append(f"{weights.name} holds no tensors")
-        except Exception as err:
-            problems.append(f"{weights.name} is not readable safetensors ({type(err).__name__})")
+    problems += models.weight_problems(folder)
     try:
         from transformers import AutoTokenizer
 
