@@ -18,8 +18,10 @@ log = logging.getLogger(__name__)
 
 def quantize(ref: str, recipe: str, params: dict, calib: str | None = None, parent_run_id: str | None = None,
              tags: dict | None = None) -> str:
-    """Compress `ref` with `recipe`; returns the run id. `params` are the recipe's and calibration's values."""
+    """Compress `ref` with `recipe`; returns the run id. `params` are the recipe's and calibration's values.
+    The calibration text is read and checked before the model loads."""
     import mlflow
+    from transformers import AutoTokenizer
 
     run_name = (tags or {}).get("exatrack.lane", recipe)
     with tracking.run("quantize", run_name=run_name, parent_run_id=parent_run_id, tags=tags) as active:
@@ -30,6 +32,11 @@ def quantize(ref: str, recipe: str, params: dict, calib: str | None = None, pare
         model = models.resolve(ref)
         calib = calibration.choose(calib, model) if chosen.calibrate else None
         tracking.log_new_params({"calib": calib or "none"})
+        tokenizer = AutoTokenizer.from_pretrained(model.folder)
+        dataset = None
+        if calib:
+            dataset = calibration.tokenized_dataset(calib, tokenizer, values["num_samples"], values["max_seq_len"],
+                                                    values["seed"])
         rendered = chosen.render(values)
         if "compute_capability" in chosen.requires:
             mlflow.set_tag(models.REQUIRES + "compute_capability", str(chosen.requires["compute_capability"]))
@@ -41,25 +48,21 @@ def quantize(ref: str, recipe: str, params: dict, calib: str | None = None, pare
 
         def write(folder: Path) -> None:
             started = time.perf_counter()
-            compress(model.folder, rendered, folder, calib, values)
+            compress(model.folder, tokenizer, rendered, folder, dataset, values)
             mlflow.log_metric("compress_time_s", time.perf_counter() - started)
 
         checkpoint.log_checkpoint(model, write)
         return active.info.run_id
 
 
-def compress(source: Path, recipe: dict, out: Path, calib: str | None, values: dict) -> None:
+def compress(source: Path, tokenizer, recipe: dict, out: Path, dataset, values: dict) -> None:
     """Calibrate in float32 on CPU (bf16 matmuls are ~4x slower there), save in bf16 like the source."""
     import torch
     from llmcompressor import oneshot
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     on_gpu = torch.cuda.is_available()
-    tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16 if on_gpu else torch.float32)
-    dataset = None
-    if calib:
-        dataset = calibration.tokenized_dataset(calib, tokenizer, values["num_samples"], values["max_seq_len"], values["seed"])
     oneshot(
         model=model,
         tokenizer=tokenizer,

@@ -8,6 +8,7 @@ run before it refuses.
 """
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -72,7 +73,30 @@ CASES = [
          id="recipe-params-not-pairs"),
     case("quantize --model tiny --dampp 0.1", "No such option '--dampp'", "Did you mean '--damp'?",
          id="unknown-option"),
+    # quantize: the calibration data, read before the model loads
+    case("quantize --model tiny --calib /no/such/calib.jsonl", "/no/such/calib.jsonl does not exist",
+         "pass an existing jsonl", run=True, id="calib-file-missing"),
+    case("quantize --model tiny --calib {empty_jsonl}", "holds no records", "at least one row",
+         run=True, id="calib-empty"),
+    case("quantize --model tiny --calib {no_field_jsonl}", "without a 'text' or 'conversations' field", "add one of them",
+         run=True, id="calib-record-without-text"),
+    case("quantize --model tiny --calib {bad_json_jsonl}", "line 2 is not valid JSON", "one JSON object per line",
+         run=True, id="calib-bad-json-line"),
+    case("quantize --model tiny --calib {binary_jsonl}", "is not UTF-8 text", "written as UTF-8",
+         run=True, id="calib-binary"),
+    case("quantize --model tiny --calib {lists_jsonl}", "holds rows that are not JSON objects", "one object per row",
+         run=True, id="calib-rows-not-objects"),
+    case("quantize --model tiny --calib {notes_txt}", "is not jsonl, json or parquet", "convert it to jsonl",
+         run=True, id="calib-not-a-data-file"),
+    case("quantize --model tiny --calib nosuch-org/nosuch-data", "cannot load calibration dataset 'nosuch-org/nosuch-data'",
+         "pass calib=sample", run=True, id="calib-unknown-dataset"),
     # prune, distill, sft: checked against the config and the text before the model loads
+    case("prune --model tiny --drop 4", "drop=4 keep=0: give one of them", "leaving between 1 and 4",
+         run=True, id="prune-every-layer"),
+    case("prune --model tiny --ffn 4096", "ffn=4096 must be below the model's intermediate size 512",
+         run=True, id="prune-ffn-wider-than-the-model"),
+    case("prune --model tiny --drop 1 --calib {binary_jsonl}", "is not UTF-8 text", "written as UTF-8",
+         run=True, id="prune-calib-binary"),
     case("distill --model tiny", "the student tiny would be its own teacher", "pass another --teacher",
          run=True, id="distill-own-teacher"),
     case("distill --model tiny --teacher /no/such/teacher", "no model at '/no/such/teacher'", "pass an existing folder",
@@ -297,3 +321,14 @@ def test_a_read_only_working_folder_is_refused_at_once(tmp_path):
     assert done.returncode == 1 and took < 60, (took, done.stderr[-2000:])
     assert_one_error_line(done.stderr, (f"the folder {folder} is read-only", "from a folder you can write to"))
     assert not list(folder.iterdir())
+
+
+def test_a_calibration_source_shorter_than_num_samples_is_used_whole_and_says_so(caplog):
+    """The bundled sample holds 59 records and tiny's quantize asks for 512 by default: all 59 are used,
+    and the warning names both numbers."""
+    from exatrack import calibration
+
+    with caplog.at_level(logging.WARNING):
+        records = calibration.load_records("sample", 512)
+    assert len(records) == 59
+    assert "calibration source 'sample' holds 59 records, fewer than the 512 asked for: all 59 are used" in caplog.text
