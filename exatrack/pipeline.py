@@ -38,8 +38,9 @@ def run_quantize(ref: str, params: dict, **where) -> str:
 def check_quantize(params: dict) -> None:
     params = dict(params)
     recipe = recipes.load(params.pop("recipe"))
-    recipe.resolve_params(params)
+    values = recipe.resolve_params(params)
     recipe.check_packages()
+    recipe.check_modifiers(values)
     serving.check_requirements(recipe.requires, f"recipe {recipe.name}")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from exatrack import calibration, checkpoint, models, recipes, tracking
+from exatrack import ExatrackError, calibration, checkpoint, models, recipes, tracking
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 def quantize(ref: str, recipe: str, params: dict, calib: str | None = None, parent_run_id: str | None = None,
              tags: dict | None = None) -> str:
     """Compress `ref` with `recipe`; returns the run id. `params` are the recipe's and calibration's values.
-    The calibration text is read and checked before the model loads."""
+    Everything that needs no model (recipe, modifiers, ignored modules, calibration text) is checked
+    before the model loads."""
     import mlflow
     from transformers import AutoTokenizer
 
@@ -32,6 +33,8 @@ def quantize(ref: str, recipe: str, params: dict, calib: str | None = None, pare
         model = models.resolve(ref)
         calib = calibration.choose(calib, model) if chosen.calibrate else None
         tracking.log_new_params({"calib": calib or "none"})
+        chosen.check_modifiers(values)
+        check_ignore(model, values.get("ignore") or [])
         tokenizer = AutoTokenizer.from_pretrained(model.folder)
         dataset = None
         if calib:
@@ -53,6 +56,23 @@ def quantize(ref: str, recipe: str, params: dict, calib: str | None = None, pare
 
         checkpoint.log_checkpoint(model, write)
         return active.info.run_id
+
+
+def check_ignore(model: models.Model, ignore: list[str]) -> None:
+    """An `ignore` entry that matches no module keeps nothing in bf16, silently; llmcompressor's own
+    matching is tried on the model's modules, built on the meta device (no weights are read)."""
+    if not ignore:
+        return
+    import torch
+    from compressed_tensors.utils.match import is_match
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        modules = list(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model.folder)).named_modules())
+    for entry in ignore:
+        if not any(is_match(name, module, entry) for name, module in modules):
+            raise ExatrackError(f"ignore={entry} matches no module of {model.ref}; name modules as llmcompressor does, "
+                                "e.g. lm_head, re:.*layers.0.mlp.* or a class such as Linear")
 
 
 def compress(source: Path, tokenizer, recipe: dict, out: Path, dataset, values: dict) -> None:

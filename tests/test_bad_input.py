@@ -57,8 +57,16 @@ CASES = [
          run=True, id="recipe-unknown"),
     case("quantize --model tiny --recipe {broken_yaml}", "is not valid YAML", "fix the file",
          run=True, id="recipe-not-yaml"),
+    case("quantize --model tiny --recipe {misspelt_modifier_yaml}", "No modifier of type 'GPTQModifer' found",
+         "fix the modifier's name or arguments", run=True, id="recipe-misspelt-modifier"),
+    case("quantize --model tiny --recipe {misspelt_argument_yaml}", "dampening_fraq; Extra inputs are not permitted",
+         "fix the modifier's name or arguments", run=True, id="recipe-misspelt-argument"),
+    case("quantize --model tiny --recipe {no_stage_yaml}", "holds no modifier llmcompressor runs", "<name>_stage:",
+         run=True, id="recipe-without-stage"),
     case("quantize --model tiny --recipe sparse24_fp8", "needs compressed-tensors<=0.14.0", "compress it where",
          run=True, id="recipe-needs-other-packages"),
+    case("quantize --model tiny --ignore lm_head,re:.*no_such_module", "ignore=re:.*no_such_module matches no module",
+         "e.g. lm_head", run=True, id="ignore-names-no-module"),
     case("quantize --model tiny --damp 1.5", "damp=1.5 is out of range", "e.g. 0.01",
          run=True, id="damp-out-of-range"),
     case("quantize --model tiny --num_samples 0", "num_samples=0 is out of range", ">= 1",
@@ -146,6 +154,8 @@ CASES = [
          id="lanes-unknown-step"),
     case("pipeline --lanes {lanes_unknown_param_yaml}", "lane fast in", "recipe 'w8a8' has no parameter dampp",
          "see `exatrack recipes`", id="lanes-unknown-parameter"),
+    case("pipeline --lanes {lanes_misspelt_modifier_yaml}", "lane typo", "No modifier of type 'GPTQModifer'",
+         "fix the modifier's name", id="lanes-recipe-misspelt-modifier"),
     case("pipeline --lanes {lanes_ok_yaml} --only nosuch", "lane 'nosuch' is not in", "its lanes are fast",
          id="lanes-only-unknown"),
     # the store, the experiment, the command
@@ -332,3 +342,12 @@ def test_a_calibration_source_shorter_than_num_samples_is_used_whole_and_says_so
         records = calibration.load_records("sample", 512)
     assert len(records) == 59
     assert "calibration source 'sample' holds 59 records, fewer than the 512 asked for: all 59 are used" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["fp8_dynamic", "fp8_static", "rtn_w8a8", "smoothquant_w8a8", "sparse24_fp8", "w4a16",
+                                  "w8a16", "w8a8", "w8a8_kv_fp8"])
+def test_every_shipped_recipe_passes_the_modifier_check_that_refuses_misspelt_ones(name):
+    from exatrack import recipes
+
+    recipe = recipes.load(name)
+    recipe.check_modifiers(recipe.resolve_params({}))
