@@ -72,17 +72,22 @@ class Outcome:
 def load_lanes(path: str, only: str | None) -> dict[str, list[tuple[str, dict]]]:
     """Each lane as its list of (step, parameters), every step's parameters checked."""
     file = Path(path)
-    if not file.exists() and (recipes.PROJECT_RECIPES / file.name).exists():
-        file = recipes.PROJECT_RECIPES / file.name  # a lanes file shipped with the package, e.g. lanes.yaml
+    shipped = recipes.PROJECT_RECIPES / file.name  # a lanes file shipped with the package, e.g. recipes/lanes.yaml
+    if not file.exists() and file.parent in (Path("."), Path("recipes")) and shipped.exists():
+        file = shipped
     if not file.exists():
         raise ExatrackError(f"lanes file {file} does not exist; pass e.g. --lanes recipes/lanes.yaml")
     try:
-        lanes = (yaml.safe_load(file.read_text(encoding="utf-8")) or {}).get("lanes")
-    except (yaml.YAMLError, AttributeError) as err:
-        raise ExatrackError(f"lanes file {file} is not valid YAML ({getattr(err, 'problem', err)})")
-    if not isinstance(lanes, dict):
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ExatrackError(f"lanes file {file} is not valid YAML ({getattr(err, 'problem', err)}); fix the file")
+    if not isinstance(data, dict) or not isinstance(data.get("lanes"), dict):
         raise ExatrackError(f"lanes file {file} needs 'lanes:' mapping each lane name to {{recipe: ..., params...}} "
                             "or {steps: [{step: {params...}}, ...]}")
+    if extra := sorted(set(data) - {"lanes"}):
+        raise ExatrackError(f"lanes file {file} has {', '.join(extra)} beside 'lanes:', the only key it reads; "
+                            "put every lane under 'lanes:'")
+    lanes = data["lanes"]
     if only:
         wanted = [n.strip() for n in only.split(",") if n.strip()]
         unknown = [n for n in wanted if n not in lanes]
@@ -97,6 +102,9 @@ def steps_of(name: str, spec, file: Path) -> list[tuple[str, dict]]:
         steps = [("quantize", spec)]
     else:
         chain = spec.get("steps") if isinstance(spec, dict) else None
+        if isinstance(chain, list) and set(spec) != {"steps"}:
+            raise ExatrackError(f"lane {name} in {file} has {', '.join(sorted(set(spec) - {'steps'}))} beside 'steps:'; "
+                                "put every parameter inside its step, e.g. steps: [{quantize: {recipe: w8a8, damp: 0.02}}]")
         if not isinstance(chain, list) or not chain or not all(isinstance(s, dict) and len(s) == 1 for s in chain):
             raise ExatrackError(f"lane {name} in {file} needs 'recipe:' or 'steps:', a list of {{step: {{params}}}}")
         steps = [(step, params or {}) for s in chain for step, params in s.items()]
