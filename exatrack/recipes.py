@@ -104,7 +104,8 @@ def check_param(name: str, spec: dict, value):
         try:
             value = type(default)(value)
         except (TypeError, ValueError):
-            raise ExatrackError(f"{name}={value!r} is not a {type(default).__name__}; pass e.g. {name}={default}")
+            kind = "a whole number" if isinstance(default, int) else "a number"
+            raise ExatrackError(f"{name}={value!r} is not {kind}; pass e.g. {name}={default}")
     limits = [(SYMBOL[k], bound) for k, bound in spec.items() if k in BOUND]
     if not all(BOUND[k](value, spec[k]) for k in spec if k in BOUND):
         allowed = " and ".join(f"{symbol} {bound}" for symbol, bound in limits)
