@@ -12,7 +12,13 @@ DATA_DIR = Path(__file__).parent / "data"
 
 
 class ExatrackError(click.ClickException):
-    """A mistake the user can fix: the message says what is wrong and how to fix it, in one line."""
+    """A mistake the user can fix: the message says what is wrong and how to fix it, in one line. It is
+    printed and kept as the run's error tag, so any secret in it is masked here, once for all of them."""
+
+    def __init__(self, message: str):
+        from exatrack.tracking import redact
+
+        super().__init__(redact(message))
 
 
 def digest(value) -> str:

@@ -173,7 +173,7 @@ def pipeline(model: str, lanes_file: str, settings, only: str | None = None, cal
                 run_id, reused = make_lane(client, experiment, name, steps, model, calib, parent_id, force)
                 finals[name], status[name] = checkpoint.uri(run_id), "reused" if reused else "done"
             except Exception as err:  # one lane's crash must not stop the others
-                status[name] = f"failed: {str(getattr(err, 'message', err)).splitlines()[0][:300]}"
+                status[name] = f"failed: {tracking.redact(str(getattr(err, 'message', err))).splitlines()[0][:300]}"
                 log.warning("lane %s %s", name, status[name])
         to_evaluate = {}
         for name, ref in finals.items():
@@ -190,7 +190,7 @@ def pipeline(model: str, lanes_file: str, settings, only: str | None = None, cal
                                           lanes={ref: name for name, ref in to_evaluate.items()})
             for name, ref in to_evaluate.items():
                 if ref in evaluated.failed:
-                    status[name] = f"failed: {evaluated.failed[ref][:300]}"
+                    status[name] = f"failed: {tracking.redact(evaluated.failed[ref])[:300]}"
         mlflow.set_tags({f"lane.{n}": s[:250] for n, s in status.items()} | {"exatrack.progress": "ranking"})
         scope = scope_of(client, experiment, base, settings)
         board = rank(model_name, parent_run_id=parent_id, **scope) if scope else leaderboard.Board("", base.source, [])

@@ -5,10 +5,13 @@ The store is MLflow's own default (sqlite:///mlflow.db plus ./mlruns in the work
 points all of them at a team server instead.
 """
 
+import logging
 import os
+import re
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from exatrack import ExatrackError
 
@@ -16,6 +19,8 @@ EXPERIMENT = "exatrack"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Environment variables whose values must never reach a param, tag, artifact or log line.
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "EXATRACK_JUDGE_API_KEY", "OPENAI_API_KEY")
+# scheme://user:pass@ or scheme://token@, and scheme:/user:pass@ as a Path spells a URL; never models:/name@alias
+URL_CREDENTIALS = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*:)(//[^/\s@]+|/[^/\s@:]+:[^/\s@]*)@")
 
 
 def git_commit() -> str | None:
@@ -39,6 +44,9 @@ def store_ready() -> None:
 
     uri = mlflow.get_tracking_uri()
     if uri.startswith(("http://", "https://")):
+        if urlsplit(uri).username:
+            raise ExatrackError("MLFLOW_TRACKING_URI carries credentials, which MLflow prints with every run; drop them "
+                                "from the URI and set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead")
         server_answers(uri)
     try:
         if not uri.startswith("sqlite:///"):  # a team server migrates itself
@@ -145,10 +153,30 @@ def system_metrics() -> bool:
 
 
 def redact(text: str) -> str:
+    """The text with the secrets of SECRET_ENV and any credentials inside URLs (https://user:pass@host) masked."""
     for name in SECRET_ENV:
         if secret := os.environ.get(name):
             text = text.replace(secret, "***")
-    return text
+    return URL_CREDENTIALS.sub(r"\1//***@", text)
+
+
+def redact_logs() -> None:
+    """Every log line goes out redacted, ours and the libraries' alike: httpx logs each request's URL,
+    credentials included. Installed once per process, however many commands it runs."""
+    make = logging.getLogRecordFactory()
+    if getattr(make, "redacts", False):
+        return
+
+    def redacted(*args, **kwargs):
+        record = make(*args, **kwargs)
+        try:
+            record.msg, record.args = redact(record.getMessage()), None
+        except Exception:  # a malformed record is logging's to report, as it would be without this
+            pass
+        return record
+
+    redacted.redacts = True
+    logging.setLogRecordFactory(redacted)
 
 
 def log_new_params(params: dict) -> None:
@@ -161,7 +189,7 @@ def log_new_params(params: dict) -> None:
     import mlflow
 
     held = mlflow.get_run(mlflow.active_run().info.run_id).data.params
-    mlflow.log_params({k: v for k, v in params.items() if k not in held})
+    mlflow.log_params({k: redact(str(v)) for k, v in params.items() if k not in held})
 
 
 def log_folder(folder: Path, artifact_path: str) -> None:

@@ -24,6 +24,7 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from exatrack.cli import main
+from exatrack.tracking import redact
 
 
 def case(args: str, *says: str, run: bool = False, env: dict | None = None, id: str):
@@ -348,6 +349,51 @@ def test_a_read_only_working_folder_is_refused_at_once(tmp_path):
     assert done.returncode == 1 and took < 60, (took, done.stderr[-2000:])
     assert_one_error_line(done.stderr, (f"the folder {folder} is read-only", "from a folder you can write to"))
     assert not list(folder.iterdir())
+
+
+def test_secrets_reach_no_param_tag_artifact_or_log_line(tiny_model, monkeypatch, caplog):
+    """The HF token, the judge's key, and credentials inside the judge's URL, a calibration URL and
+    MLFLOW_TRACKING_URI: none is kept in the store, printed, or logged, at any level."""
+    from exatrack import serving
+    from tests.fakes import RecordedSession
+    from tests.judge_server import FakeJudge
+
+    secrets = {"HF_TOKEN": "hf_badinput_secret_1", "EXATRACK_JUDGE_API_KEY": "sk-badinput-secret-2"}
+    password = "badinput-secret-3"
+    words = [*secrets.values(), password]
+    judge = FakeJudge()
+    monkeypatch.setattr(serving, "run_session", RecordedSession())
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "bad-input-secrets")
+    env = {**secrets, "EXATRACK_JUDGE_URL": judge.url.replace("//", f"//judge:{password}@"),
+           "EXATRACK_JUDGE_MODEL": "fake"}
+    calib = f"https://user:{password}@data.example/calib.jsonl"
+    runner = CliRunner()
+    with caplog.at_level(logging.DEBUG):
+        judged = runner.invoke(main, "evaluate --base tiny --benchmarks komt_bench --data sample --limit 1".split(),
+                               env=env)
+        refused = runner.invoke(main, ["quantize", "--model", "tiny", "--calib", calib], env=env)
+        server = runner.invoke(main, ["leaderboard"], env={"MLFLOW_TRACKING_URI": f"http://user:{password}@127.0.0.1:9"})
+    judge.close()
+    assert judged.exit_code == 0 and judge.requests, judged.output[-2000:]
+    assert_one_error_line(refused.output, ("calib.jsonl does not exist",))
+    assert_one_error_line(server.output, ("MLFLOW_TRACKING_URI carries credentials", "MLFLOW_TRACKING_PASSWORD"))
+    quantize_run = MlflowClient().get_run(runs_in("bad-input-secrets")[-1])
+    assert quantize_run.data.params["calib"] == "https://***@data.example/calib.jsonl"
+    kept = [Path.cwd() / "mlflow.db"]  # every param and tag
+    for run_id in runs_in("bad-input-secrets"):
+        artifacts = Path(MlflowClient().get_run(run_id).info.artifact_uri.removeprefix("file://"))
+        kept += [p for p in artifacts.rglob("*") if p.is_file()]
+    assert {"fingerprint.json", "paired.json"} <= {p.name for p in kept}
+    assert not [p for p in kept if any(word.encode() in p.read_bytes() for word in words)]
+    printed = judged.output + refused.output + server.output + caplog.text
+    assert "HTTP Request: POST" in caplog.text and not [word for word in words if word in printed]
+    assert redact("models:/EXAONE-x@champion, https://u:p@h/v1") == "models:/EXAONE-x@champion, https://***@h/v1"
+
+
+def runs_in(experiment: str) -> list[str]:
+    """The experiment's run ids, oldest first."""
+    found = mlflow.search_runs(experiment_names=[experiment], output_format="list", order_by=["attributes.start_time"])
+    return [run.info.run_id for run in found]
 
 
 def test_a_calibration_source_shorter_than_num_samples_is_used_whole_and_says_so(caplog):
