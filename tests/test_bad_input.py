@@ -251,8 +251,8 @@ def bad(tiny_model, tmp_path_factory) -> dict:
 
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch, tmp_path):
-    """Each case in the experiment 'bad-input' (empty: rank finds nothing) and with a temporary folder of
-    its own, which must be empty again afterwards."""
+    """Each case in the experiment 'bad-input' (empty: rank finds nothing), with a temporary folder of its
+    own that must be empty again afterwards, and with no model allowed to load: refusals come first."""
     import transformers
 
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "bad-input")
