@@ -5,10 +5,14 @@ jsonl/json/parquet file, or `sample` (the bundled, project-written corpus, for o
 Each record has a `text` field, or a `conversations`/`messages` list of turns.
 """
 
+import logging
 import random
 from pathlib import Path
 
 from exatrack import DATA_DIR, ExatrackError, read_records
+
+log = logging.getLogger(__name__)
+FILE_TYPES = (".jsonl", ".json", ".parquet")
 
 MANTA = "LGAI-EXAONE/MANTA-1M"
 SAMPLE = DATA_DIR / "corpus.jsonl"
@@ -24,17 +28,26 @@ def choose(calib: str | None, model) -> str:
     return "sample" if model.source == "tiny" else MANTA
 
 
-def load_records(source: str, limit: int, seed: int = 0) -> list[dict]:
-    """`limit` records chosen by a seeded shuffle (hub data is streamed: it is large)."""
+def load_records(source: str, limit: int | None, seed: int = 0) -> list[dict]:
+    """`limit` records (None: all) chosen by a seeded shuffle (hub data is streamed: it is large).
+
+    A source holding fewer is used whole, and says so: the bundled sample's 59 records serve the
+    default num_samples=512 on tiny."""
     path = Path(str(SAMPLE) if source == "sample" else source).expanduser()
-    if path.suffix in (".jsonl", ".json", ".parquet"):
+    if path.suffix in FILE_TYPES:
         records = read_records(path)
         random.Random(seed).shuffle(records)
         records = records[:limit]
+    elif path.is_file():
+        raise ExatrackError(f"calibration file {path} is not jsonl, json or parquet; convert it to jsonl, "
+                            'one {"text": ...} object per line')
     else:
         records = from_hub(source, limit, seed)
     if not records:
         raise ExatrackError(f"calibration source '{source}' holds no records; pass a file with at least one row")
+    if limit and len(records) < limit:
+        log.warning("calibration source '%s' holds %d records, fewer than the %d asked for: all %d are used",
+                    source, len(records), limit, len(records))
     return records
 
 
@@ -67,7 +80,7 @@ def to_text(record: dict, tokenizer, source: str) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False)
 
 
-def texts(source: str, tokenizer, limit: int, seed: int = 0, context: str = "calibration") -> list[str]:
+def texts(source: str, tokenizer, limit: int | None, seed: int = 0, context: str = "calibration") -> list[str]:
     from exatrack import tracking
 
     records = load_records(source, limit, seed)
@@ -88,4 +101,4 @@ def tokenized_dataset(source: str, tokenizer, num_samples: int, max_seq_len: int
 
 def heldout_texts(tokenizer) -> list[str]:
     """Fixed text for the quality proxy, the same for every run so that runs compare."""
-    return texts(str(HELDOUT), tokenizer, limit=10_000, context="quality proxy")
+    return texts(str(HELDOUT), tokenizer, limit=None, context="quality proxy")

@@ -31,13 +31,14 @@ def main(experiment):
     """An MLflow-tracked lab for compressing EXAONE-4.0-1.2B for serving in vLLM."""
     import os
 
+    from exatrack import tracking
+
+    tracking.redact_logs()
     if experiment:
         os.environ["MLFLOW_EXPERIMENT_NAME"] = experiment
     ctx = click.get_current_context()
     if ctx.invoked_subcommand not in (None, "recipes", "serving-env", "tiny"):  # they use no tracking store
-        from exatrack.tracking import store_ready
-
-        store_ready()
+        tracking.store_ready()
 
 
 @main.command()

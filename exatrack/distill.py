@@ -143,11 +143,11 @@ def distill(ref: str, params: dict, calib: str | None = None, parent_run_id: str
         mlflow.set_tag("exatrack.teacher", teacher_ref)  # the teacher param may be empty: 'what the student derives from'
         teacher = models.resolve(teacher_ref)
         check_vocabulary(model.folder, teacher.folder)
+        tokenizer = AutoTokenizer.from_pretrained(model.folder)
+        blocks, store = training_data(values, calib, tokenizer, teacher)  # the text is checked before a model loads
+        mlflow.log_metric("train_blocks", len(blocks))
         start = quality_proxy(teacher.folder, model.folder)
         mlflow.log_metrics({f"start_{key}": v for key, v in start.items() if key != "proxy_tokens"})
-        tokenizer = AutoTokenizer.from_pretrained(model.folder)
-        blocks, store = training_data(values, calib, tokenizer, teacher)
-        mlflow.log_metric("train_blocks", len(blocks))
         student = load_model(model.folder, torch.float32)  # float32 master weights; bf16 autocast on a GPU
         loss_of = loss_function(blocks, store, teacher, values["temperature"])
         train.fit(student, len(blocks), loss_of, values, values["lr"], f"distill {ref} from {teacher_ref}")

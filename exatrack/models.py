@@ -45,6 +45,13 @@ class Model:
 
 
 def resolve(ref: str) -> Model:
+    """The model `ref` names, checked: what loading it would trip over is refused before any work starts."""
+    model = locate(ref)
+    check(model)
+    return model
+
+
+def locate(ref: str) -> Model:
     if ref == "tiny":
         from exatrack.tiny import tiny_path
 
@@ -64,6 +71,39 @@ def resolve(ref: str) -> Model:
         f"no model at '{ref}': pass an existing folder, a hub id such as {DEFAULT_MODEL}, tiny, runs:/<id>/checkpoint "
         "or models:/<name>@<alias>"
     )
+
+
+def check(model: Model) -> None:
+    """A config that does not parse, another architecture, no tokenizer, weights cut short: each used to
+    surface as a traceback from transformers once the model loaded."""
+    config = model.config()
+    if config.get("model_type") != "exaone4":
+        raise ExatrackError(f"{model.ref} is a '{config.get('model_type')}' model, not EXAONE-4; exatrack compresses "
+                            f"EXAONE-4 checkpoints (model_type exaone4), e.g. {DEFAULT_MODEL} or tiny")
+    if not has_tokenizer({p.name for p in model.folder.iterdir()}):
+        raise ExatrackError(f"{model.ref} has no tokenizer (tokenizer.json, or vocab.json and merges.txt); copy the "
+                            "tokenizer files of the model it came from into its folder")
+    if problems := weight_problems(model.folder):
+        raise ExatrackError(f"{model.ref}: {problems[0]}; copy or download the checkpoint again")
+
+
+def has_tokenizer(names: set[str]) -> bool:
+    return "tokenizer.json" in names or {"vocab.json", "merges.txt"} <= names
+
+
+def weight_problems(folder: Path) -> list[str]:
+    """Weights files whose header does not read (one cut short fails here, without reading the tensors)."""
+    from safetensors import safe_open
+
+    problems = []
+    for weights in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), "numpy") as f:
+                if not list(f.keys()):
+                    problems.append(f"{weights.name} holds no tensors")
+        except Exception as err:  # safetensors raises its own error type for every kind of damage
+            problems.append(f"{weights.name} is not readable safetensors ({type(err).__name__}: {str(err)[:100]})")
+    return problems
 
 
 def from_run(ref: str, run_id: str, artifact: str) -> Model:

@@ -27,13 +27,11 @@ def select_files(folder: Path) -> list[Path]:
 
 def check(folder: Path) -> list[str]:
     """Everything vLLM needs is there and readable; returns the problems found (none = ready)."""
-    from safetensors import safe_open
-
     names = {p.name for p in folder.iterdir()}
     problems = [f"missing {n}" for n in ("config.json", "generation_config.json", "tokenizer_config.json") if n not in names]
     if not any(n.endswith(".safetensors") for n in names):
         problems.append("missing *.safetensors weights")
-    if "tokenizer.json" not in names and not {"vocab.json", "merges.txt"} <= names:
+    if not models.has_tokenizer(names):
         problems.append("missing tokenizer files (tokenizer.json, or vocab.json and merges.txt)")
     if problems:
         return problems
@@ -43,13 +41,7 @@ def check(folder: Path) -> list[str]:
         return [f"config.json does not parse ({err})"]
     if not config.get("architectures"):
         problems.append("config.json names no architectures; vLLM cannot pick a model class")
-    for weights in folder.glob("*.safetensors"):
-        try:
-            with safe_open(str(weights), "pt") as f:
-                if not list(f.keys()):
-                    problems.append(f"{weights.name} holds no tensors")
-        except Exception as err:
-            problems.append(f"{weights.name} is not readable safetensors ({type(err).__name__})")
+    problems += models.weight_problems(folder)
     try:
         from transformers import AutoTokenizer
 
@@ -78,13 +70,18 @@ def verify_with_vllm(folder: Path) -> str:
 
 
 def build_zip(files: list[Path], out: Path) -> None:
-    """Write to a temporary name and rename, so a crash never leaves a half zip at `out`."""
+    """Write to a temporary name and rename, so a crash never leaves a half zip at `out`, and a failed
+    write leaves no temporary one either."""
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
-    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in files:
-            archive.write(path, f"model/{path.name}")
-    partial.replace(out)
+    try:
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
+            for path in files:
+                archive.write(path, f"model/{path.name}")
+        partial.replace(out)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        raise ExatrackError(f"--out {out} cannot be written ({err.strerror or err}); choose a folder you can write to")
 
 
 def version_of(client, model_name: str, version: str):
@@ -118,11 +115,17 @@ def checked_files(client, model_name: str, version: str):
 
 
 def check_out(out: Path) -> None:
-    """Refused before anything is built: a folder, or a place that cannot be written."""
+    """Refused before anything is built: a folder, or a place that cannot be written. The nearest folder
+    that exists is tried with a nameless temporary file, which root's permissions cannot fool."""
     if out.is_dir():
         raise ExatrackError(f"--out {out} is a folder; name the zip file, e.g. {out / 'submit.zip'}")
-    if not os.access(out.parent if out.parent.exists() else Path.cwd(), os.W_OK):
-        raise ExatrackError(f"--out {out} cannot be written here; choose a folder you can write to")
+    existing = next(folder for folder in out.parents if folder.exists())
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise ExatrackError(f"--out {out} cannot be written ({err.strerror or err} in {existing}); "
+                            "choose a folder you can write to")
 
 
 def promote(version: str = CHAMPION, model_name: str = REGISTERED_MODEL, out: str = "submit.zip",

@@ -38,8 +38,9 @@ def run_quantize(ref: str, params: dict, **where) -> str:
 def check_quantize(params: dict) -> None:
     params = dict(params)
     recipe = recipes.load(params.pop("recipe"))
-    recipe.resolve_params(params)
+    values = recipe.resolve_params(params)
     recipe.check_packages()
+    recipe.check_modifiers(values)
     serving.check_requirements(recipe.requires, f"recipe {recipe.name}")
 
 
@@ -71,17 +72,22 @@ class Outcome:
 def load_lanes(path: str, only: str | None) -> dict[str, list[tuple[str, dict]]]:
     """Each lane as its list of (step, parameters), every step's parameters checked."""
     file = Path(path)
-    if not file.exists() and (recipes.PROJECT_RECIPES / file.name).exists():
-        file = recipes.PROJECT_RECIPES / file.name  # a lanes file shipped with the package, e.g. lanes.yaml
+    shipped = recipes.PROJECT_RECIPES / file.name  # a lanes file shipped with the package, e.g. recipes/lanes.yaml
+    if not file.exists() and file.parent in (Path("."), Path("recipes")) and shipped.exists():
+        file = shipped
     if not file.exists():
         raise ExatrackError(f"lanes file {file} does not exist; pass e.g. --lanes recipes/lanes.yaml")
     try:
-        lanes = (yaml.safe_load(file.read_text(encoding="utf-8")) or {}).get("lanes")
-    except (yaml.YAMLError, AttributeError) as err:
-        raise ExatrackError(f"lanes file {file} is not valid YAML ({getattr(err, 'problem', err)})")
-    if not isinstance(lanes, dict):
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ExatrackError(f"lanes file {file} is not valid YAML ({getattr(err, 'problem', err)}); fix the file")
+    if not isinstance(data, dict) or not isinstance(data.get("lanes"), dict):
         raise ExatrackError(f"lanes file {file} needs 'lanes:' mapping each lane name to {{recipe: ..., params...}} "
                             "or {steps: [{step: {params...}}, ...]}")
+    if extra := sorted(set(data) - {"lanes"}):
+        raise ExatrackError(f"lanes file {file} has {', '.join(extra)} beside 'lanes:', the only key it reads; "
+                            "put every lane under 'lanes:'")
+    lanes = data["lanes"]
     if only:
         wanted = [n.strip() for n in only.split(",") if n.strip()]
         unknown = [n for n in wanted if n not in lanes]
@@ -96,6 +102,9 @@ def steps_of(name: str, spec, file: Path) -> list[tuple[str, dict]]:
         steps = [("quantize", spec)]
     else:
         chain = spec.get("steps") if isinstance(spec, dict) else None
+        if isinstance(chain, list) and set(spec) != {"steps"}:
+            raise ExatrackError(f"lane {name} in {file} has {', '.join(sorted(set(spec) - {'steps'}))} beside 'steps:'; "
+                                "put every parameter inside its step, e.g. steps: [{quantize: {recipe: w8a8, damp: 0.02}}]")
         if not isinstance(chain, list) or not chain or not all(isinstance(s, dict) and len(s) == 1 for s in chain):
             raise ExatrackError(f"lane {name} in {file} needs 'recipe:' or 'steps:', a list of {{step: {{params}}}}")
         steps = [(step, params or {}) for s in chain for step, params in s.items()]
@@ -164,7 +173,7 @@ def pipeline(model: str, lanes_file: str, settings, only: str | None = None, cal
                 run_id, reused = make_lane(client, experiment, name, steps, model, calib, parent_id, force)
                 finals[name], status[name] = checkpoint.uri(run_id), "reused" if reused else "done"
             except Exception as err:  # one lane's crash must not stop the others
-                status[name] = f"failed: {str(getattr(err, 'message', err)).splitlines()[0][:300]}"
+                status[name] = f"failed: {tracking.redact(str(getattr(err, 'message', err))).splitlines()[0][:300]}"
                 log.warning("lane %s %s", name, status[name])
         to_evaluate = {}
         for name, ref in finals.items():
@@ -181,7 +190,7 @@ def pipeline(model: str, lanes_file: str, settings, only: str | None = None, cal
                                           lanes={ref: name for name, ref in to_evaluate.items()})
             for name, ref in to_evaluate.items():
                 if ref in evaluated.failed:
-                    status[name] = f"failed: {evaluated.failed[ref][:300]}"
+                    status[name] = f"failed: {tracking.redact(evaluated.failed[ref])[:300]}"
         mlflow.set_tags({f"lane.{n}": s[:250] for n, s in status.items()} | {"exatrack.progress": "ranking"})
         scope = scope_of(client, experiment, base, settings)
         board = rank(model_name, parent_run_id=parent_id, **scope) if scope else leaderboard.Board("", base.source, [])

@@ -102,17 +102,18 @@ def prune(ref: str, params: dict, calib: str | None = None, parent_run_id: str |
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with checkpoint.step("prune", ref, PARAMS, params, calib, parent_run_id, tags) as (active, model, values, calib):
-        tokenizer = AutoTokenizer.from_pretrained(model.folder)
-        net = AutoModelForCausalLM.from_pretrained(model.folder, dtype=torch.float32).to(torch_device()).eval()
-        layers, drop, keep, ffn = len(net.model.layers), values["drop"], values["keep"], values["ffn"]
+        config = model.config()  # checked against the config and the text loaded before the model loads
+        layers, drop, keep, ffn = config["num_hidden_layers"], values["drop"], values["keep"], values["ffn"]
         count = layers - keep if keep else drop
         if not 0 <= count < layers or (drop and keep):
             raise ExatrackError(f"drop={drop} keep={keep}: give one of them, leaving between 1 and {layers} of the "
                                 f"model's {layers} layers")
-        if ffn and not ffn < net.config.intermediate_size:
-            raise ExatrackError(f"ffn={ffn} must be below the model's intermediate size {net.config.intermediate_size}")
-        started = time.perf_counter()
+        if ffn and not ffn < config["intermediate_size"]:
+            raise ExatrackError(f"ffn={ffn} must be below the model's intermediate size {config['intermediate_size']}")
+        tokenizer = AutoTokenizer.from_pretrained(model.folder)
         data = calibration.tokenized_dataset(calib, tokenizer, values["num_samples"], values["max_seq_len"], values["seed"])
+        net = AutoModelForCausalLM.from_pretrained(model.folder, dtype=torch.float32).to(torch_device()).eval()
+        started = time.perf_counter()
         importance, activations = layer_statistics(net, [torch.tensor([ids]) for ids in data["input_ids"]])
         dropped = sorted(sorted(range(layers), key=lambda i: importance[i])[:count])
         drop_layers(net, dropped)

@@ -11,15 +11,18 @@ from pathlib import Path
 
 import yaml
 
-from exatrack import calibration, checkpoint, models, recipes, tracking
+from exatrack import ExatrackError, calibration, checkpoint, models, recipes, tracking
 
 log = logging.getLogger(__name__)
 
 
 def quantize(ref: str, recipe: str, params: dict, calib: str | None = None, parent_run_id: str | None = None,
              tags: dict | None = None) -> str:
-    """Compress `ref` with `recipe`; returns the run id. `params` are the recipe's and calibration's values."""
+    """Compress `ref` with `recipe`; returns the run id. `params` are the recipe's and calibration's values.
+    Everything that needs no model (recipe, modifiers, ignored modules, calibration text) is checked
+    before the model loads."""
     import mlflow
+    from transformers import AutoTokenizer
 
     run_name = (tags or {}).get("exatrack.lane", recipe)
     with tracking.run("quantize", run_name=run_name, parent_run_id=parent_run_id, tags=tags) as active:
@@ -30,6 +33,13 @@ def quantize(ref: str, recipe: str, params: dict, calib: str | None = None, pare
         model = models.resolve(ref)
         calib = calibration.choose(calib, model) if chosen.calibrate else None
         tracking.log_new_params({"calib": calib or "none"})
+        chosen.check_modifiers(values)
+        check_ignore(model, values.get("ignore") or [])
+        tokenizer = AutoTokenizer.from_pretrained(model.folder)
+        dataset = None
+        if calib:
+            dataset = calibration.tokenized_dataset(calib, tokenizer, values["num_samples"], values["max_seq_len"],
+                                                    values["seed"])
         rendered = chosen.render(values)
         if "compute_capability" in chosen.requires:
             mlflow.set_tag(models.REQUIRES + "compute_capability", str(chosen.requires["compute_capability"]))
@@ -41,7 +51,7 @@ def quantize(ref: str, recipe: str, params: dict, calib: str | None = None, pare
 
         def write(folder: Path) -> None:
             started = time.perf_counter()
-            split = compress(model.folder, rendered, folder, calib, values)
+            split = compress(model.folder, tokenizer, rendered, folder, dataset, values)
             mlflow.log_metrics({"compress_time_s": time.perf_counter() - started,
                                 **{f"time_{part}_s": seconds for part, seconds in split.items()}})
 
@@ -49,24 +59,38 @@ def quantize(ref: str, recipe: str, params: dict, calib: str | None = None, pare
         return active.info.run_id
 
 
-def compress(source: Path, recipe: dict, out: Path, calib: str | None, values: dict) -> dict[str, float]:
+def check_ignore(model: models.Model, ignore: list[str]) -> None:
+    """An `ignore` entry that matches no module keeps nothing in bf16, silently; llmcompressor's own
+    matching is tried on the model's modules, built on the meta device (no weights are read)."""
+    if not ignore:
+        return
+    import torch
+    from compressed_tensors.utils.match import is_match
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        modules = list(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model.folder)).named_modules())
+    for entry in ignore:
+        if not any(is_match(name, module, entry) for name, module in modules):
+            raise ExatrackError(f"ignore={entry} matches no module of {model.ref}; name modules as llmcompressor does, "
+                                "e.g. lm_head, re:.*layers.0.mlp.* or a class such as Linear")
+
+
+def compress(source: Path, tokenizer, recipe: dict, out: Path, dataset, values: dict) -> dict[str, float]:
     """Calibrate in float32 on CPU (bf16 matmuls are ~4x slower there) or in bf16 on the GPU, through
     exatrack.gptq's fast path; save in bf16 like the source. Returns the wall time split in seconds."""
     import torch
     from llmcompressor import oneshot
     from llmcompressor.recipe import Recipe
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from exatrack import gptq
 
     on_gpu = torch.cuda.is_available()
     started = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16 if on_gpu else torch.float32,
                                                  device_map="cuda" if on_gpu else None)
-    dataset, seq_len = None, values.get("max_seq_len", 2048)
-    if calib:
-        dataset = calibration.tokenized_dataset(calib, tokenizer, values["num_samples"], seq_len, values["seed"])
+    seq_len = values.get("max_seq_len", 2048)
     samples = len(dataset) if dataset is not None else values.get("num_samples", 1)
     modifiers = gptq.speed_up(Recipe.create_instance(yaml.safe_dump(recipe)).modifiers)
     loaded = time.perf_counter()

@@ -71,4 +71,5 @@ def record_official(run_id: str, score: float) -> None:
     try:
         MlflowClient().log_metric(run_id, "official_score", score)
     except MlflowException as err:
-        raise ExatrackError(f"cannot record an official score on run {run_id} ({str(err).splitlines()[0][:150]})")
+        raise ExatrackError(f"cannot record an official score on run {run_id} ({str(err).splitlines()[0][:150]}); "
+                            "check the run id (`mlflow runs list`, or the MLflow UI)")

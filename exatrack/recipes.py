@@ -51,6 +51,22 @@ class Recipe:
     def render(self, values: dict) -> dict:
         return substitute(self.body, values)
 
+    def check_modifiers(self, values: dict) -> None:
+        """llmcompressor builds the rendered recipe's modifiers here, before any model loads: a misspelt
+        modifier or argument fails in one line, and a recipe whose stages it does not recognise (their
+        keys must end in _stage and _modifiers) no longer writes an uncompressed checkpoint silently."""
+        from llmcompressor.recipe import Recipe as Built
+
+        try:
+            built = Built.from_dict(self.render(values))
+        except (ValueError, TypeError, KeyError) as err:  # pydantic's ValidationError is a ValueError
+            why = "; ".join(line.strip() for line in str(err).splitlines()[:3])
+            raise ExatrackError(f"recipe file {self.path}: llmcompressor cannot build it ({why}); "
+                                "fix the modifier's name or arguments")
+        if not built.modifiers:
+            raise ExatrackError(f"recipe file {self.path} holds no modifier llmcompressor runs; nest them as "
+                                "<name>_stage: {<name>_modifiers: {GPTQModifier: {...}}}, as the shipped recipes do")
+
     def check_packages(self) -> None:
         """Refuse, before any work, a recipe whose checkpoint format this environment cannot write."""
         from importlib.metadata import PackageNotFoundError, version
@@ -88,7 +104,8 @@ def check_param(name: str, spec: dict, value):
         try:
             value = type(default)(value)
         except (TypeError, ValueError):
-            raise ExatrackError(f"{name}={value!r} is not a {type(default).__name__}; pass e.g. {name}={default}")
+            kind = "a whole number" if isinstance(default, int) else "a number"
+            raise ExatrackError(f"{name}={value!r} is not {kind}; pass e.g. {name}={default}")
     limits = [(SYMBOL[k], bound) for k, bound in spec.items() if k in BOUND]
     if not all(BOUND[k](value, spec[k]) for k in spec if k in BOUND):
         allowed = " and ".join(f"{symbol} {bound}" for symbol, bound in limits)

@@ -5,15 +5,22 @@ The store is MLflow's own default (sqlite:///mlflow.db plus ./mlruns in the work
 points all of them at a team server instead.
 """
 
+import logging
 import os
+import re
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from exatrack import ExatrackError
 
 EXPERIMENT = "exatrack"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Environment variables whose values must never reach a param, tag, artifact or log line.
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "EXATRACK_JUDGE_API_KEY", "OPENAI_API_KEY")
+# scheme://user:pass@ or scheme://token@, and scheme:/user:pass@ as a Path spells a URL; never models:/name@alias
+URL_CREDENTIALS = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*:)(//[^/\s@]+|/[^/\s@:]+:[^/\s@]*)@")
 
 
 def git_commit() -> str | None:
@@ -25,18 +32,50 @@ def git_commit() -> str | None:
 
 
 def store_ready() -> None:
-    """Create the default store under a lock: two commands started at once in a fresh folder used to
-    race MLflow's schema migration and leave a half-migrated mlflow.db that failed every later command.
-    A team server (MLFLOW_TRACKING_URI) migrates itself once, so only the embedded store needs this."""
+    """Refuse in seconds, with one line, a store that cannot work, before any command starts its work.
+
+    A tracking server on a closed port used to hang for minutes in MLflow's retries, and a read-only
+    working folder failed only at the first write with an sqlite message. The default store is also
+    created here under a lock: two commands started at once in a fresh folder used to race MLflow's
+    schema migration and leave a half-migrated mlflow.db that failed every later command."""
     import mlflow
     from filelock import FileLock
+    from mlflow.exceptions import MlflowException
 
     uri = mlflow.get_tracking_uri()
-    if not uri.startswith("sqlite:///"):
+    if uri.startswith(("http://", "https://")):
+        if urlsplit(uri).username:
+            raise ExatrackError("MLFLOW_TRACKING_URI carries credentials, which MLflow prints with every run; drop them "
+                                "from the URI and set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead")
+        server_answers(uri)
+    try:
+        if not uri.startswith("sqlite:///"):  # a team server migrates itself
+            mlflow.MlflowClient().search_experiments(max_results=1)
+            return
+        database = Path(uri[len("sqlite:///"):])
+        if not os.access(database.parent, os.W_OK):
+            raise ExatrackError(f"the folder {database.parent.resolve()} is read-only, and MLflow's default store "
+                                "(mlflow.db and mlruns/) is written there; run exatrack from a folder you can write to, "
+                                "or set MLFLOW_TRACKING_URI")
+        with FileLock(str(database) + ".lock"):
+            mlflow.MlflowClient().search_experiments(max_results=1)  # creates and migrates the database once
+    except MlflowException as err:
+        raise ExatrackError(f"the tracking store {uri} does not work ({str(err).strip().splitlines()[0][:300]}); "
+                            "fix or unset MLFLOW_TRACKING_URI")
+
+
+def server_answers(uri: str, timeout_s: float = 5.0) -> None:
+    """One short request to the server's /health; any HTTP answer will do (a proxy may guard /health)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError:
         return
-    database = Path(uri[len("sqlite:///"):])
-    with FileLock(str(database) + ".lock"):
-        mlflow.MlflowClient().search_experiments(max_results=1)  # creates and migrates the database once
+    except OSError as err:  # refused, unknown host, timed out
+        raise ExatrackError(f"no tracking server answers at MLFLOW_TRACKING_URI={uri} "
+                            f"({getattr(err, 'reason', err)}); start the server, or fix or unset MLFLOW_TRACKING_URI")
 
 
 def use_experiment() -> str:
@@ -58,6 +97,10 @@ def set_experiment(name: str) -> str:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None and found.lifecycle_stage == "deleted":
+        raise ExatrackError(f"experiment '{name}' is deleted; restore it (`mlflow experiments restore --experiment-id "
+                            f"{found.experiment_id}`) or pick another name with --experiment")
     try:
         return mlflow.set_experiment(name).experiment_id
     except MlflowException:  # a command started at the same time created it between MLflow's lookup and create
@@ -110,10 +153,30 @@ def system_metrics() -> bool:
 
 
 def redact(text: str) -> str:
+    """The text with the secrets of SECRET_ENV and any credentials inside URLs (https://user:pass@host) masked."""
     for name in SECRET_ENV:
         if secret := os.environ.get(name):
             text = text.replace(secret, "***")
-    return text
+    return URL_CREDENTIALS.sub(r"\1//***@", text)
+
+
+def redact_logs() -> None:
+    """Every log line goes out redacted, ours and the libraries' alike: httpx logs each request's URL,
+    credentials included. Installed once per process, however many commands it runs."""
+    make = logging.getLogRecordFactory()
+    if getattr(make, "redacts", False):
+        return
+
+    def redacted(*args, **kwargs):
+        record = make(*args, **kwargs)
+        try:
+            record.msg, record.args = redact(record.getMessage()), None
+        except Exception:  # a malformed record is logging's to report, as it would be without this
+            pass
+        return record
+
+    redacted.redacts = True
+    logging.setLogRecordFactory(redacted)
 
 
 def log_new_params(params: dict) -> None:
@@ -126,7 +189,7 @@ def log_new_params(params: dict) -> None:
     import mlflow
 
     held = mlflow.get_run(mlflow.active_run().info.run_id).data.params
-    mlflow.log_params({k: v for k, v in params.items() if k not in held})
+    mlflow.log_params({k: redact(str(v)) for k, v in params.items() if k not in held})
 
 
 def log_folder(folder: Path, artifact_path: str) -> None:

@@ -4,20 +4,19 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from transformers import AutoTokenizer
 
 from exatrack import calibration, gptq, quantize, recipes
 
 SHAPE = {"num_samples": 8, "max_seq_len": 64, "seed": 0}
 
 
-def default_path(source, recipe: dict, out, values: dict) -> None:
+def default_path(source, tokenizer, recipe: dict, out, data, values: dict) -> None:
     """llmcompressor as its README calls it: the YAML recipe, default pipeline options."""
     from llmcompressor import oneshot
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    data = calibration.tokenized_dataset("sample", tokenizer, values["num_samples"], values["max_seq_len"], values["seed"])
     torch.manual_seed(values["seed"])
     oneshot(model=model, tokenizer=tokenizer, recipe=yaml.safe_dump(recipe), dataset=data,
             num_calibration_samples=len(data), max_seq_length=values["max_seq_len"])
@@ -30,8 +29,10 @@ def test_fast_path_checkpoint_equals_the_default_paths(name, tiny_model, tmp_pat
     recipe = recipes.load(name)
     values = recipe.resolve_params(SHAPE)
     rendered = recipe.render(values)
-    split = quantize.compress(tiny_model, rendered, tmp_path / "fast", "sample", values)
-    default_path(tiny_model, rendered, tmp_path / "default", values)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    data = calibration.tokenized_dataset("sample", tokenizer, values["num_samples"], values["max_seq_len"], values["seed"])
+    split = quantize.compress(tiny_model, tokenizer, rendered, tmp_path / "fast", data, values)
+    default_path(tiny_model, tokenizer, rendered, tmp_path / "default", data, values)
     fast, default = (load_file(str(tmp_path / kind / "model.safetensors")) for kind in ("fast", "default"))
     assert fast.keys() == default.keys()
     assert [key for key in fast if not torch.equal(fast[key], default[key])] == []

@@ -78,7 +78,8 @@ def gpu_only_recipe(tmp_path):
     path = tmp_path / "hopper_only.yaml"
     path.write_text("description: needs Hopper\nrequires: {compute_capability: 9.0}\n"
                     "params: {ignore: {default: [lm_head]}}\n"
-                    "recipe: {s: {quant_modifiers: {QuantizationModifier: {targets: [Linear], scheme: FP8_DYNAMIC, ignore: '${ignore}'}}}}\n")
+                    "recipe: {quant_stage: {quant_modifiers: {QuantizationModifier:\n"
+                    "  {targets: [Linear], scheme: FP8_DYNAMIC, ignore: '${ignore}'}}}}\n")
     return path
 
 
