@@ -31,13 +31,17 @@ def main(experiment):
     """An MLflow-tracked lab for compressing EXAONE-4.0-1.2B for serving in vLLM."""
     import os
 
+    from exatrack.processes import own_temp_folder
+
+    own_temp_folder()
     if experiment:
         os.environ["MLFLOW_EXPERIMENT_NAME"] = experiment
     ctx = click.get_current_context()
     if ctx.invoked_subcommand not in (None, "recipes", "serving-env", "tiny"):  # they use no tracking store
-        from exatrack.tracking import store_ready
+        from exatrack.tracking import end_stale_runs, store_ready
 
         store_ready()
+        end_stale_runs()
 
 
 @main.command()
