@@ -69,7 +69,11 @@ def hold(entry: Path) -> None:
 
 
 def limit_bytes() -> float:
-    return float(os.environ.get("EXATRACK_ARTIFACT_CACHE_GB") or DEFAULT_GB) * 2**30
+    value = os.environ.get("EXATRACK_ARTIFACT_CACHE_GB") or DEFAULT_GB
+    try:
+        return float(value) * 2**30
+    except ValueError:
+        raise ExatrackError(f"EXATRACK_ARTIFACT_CACHE_GB={value} is not a size in GB; set it to a number, e.g. 20")
 
 
 def evict(limit: float) -> list[Path]:
