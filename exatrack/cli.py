@@ -32,13 +32,16 @@ def main(experiment):
     import os
 
     from exatrack import tracking
+    from exatrack.processes import own_temp_folder
 
     tracking.redact_logs()
+    own_temp_folder()
     if experiment:
         os.environ["MLFLOW_EXPERIMENT_NAME"] = experiment
     ctx = click.get_current_context()
     if ctx.invoked_subcommand not in (None, "recipes", "serving-env", "tiny"):  # they use no tracking store
         tracking.store_ready()
+        tracking.end_stale_runs()
 
 
 @main.command()

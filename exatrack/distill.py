@@ -60,12 +60,11 @@ def precompute(teacher, blocks, k: int, batch_size: int) -> dict:
 
 
 def load_store(ref: str) -> dict:
-    import mlflow
     import torch
     from safetensors.torch import load_file
 
     try:
-        path = mlflow.artifacts.download_artifacts(artifact_uri=ref) if ref.startswith("runs:/") else ref
+        path = models.run_artifact(ref) if ref.startswith("runs:/") else ref
         store = load_file(path)
     except Exception as err:
         raise ExatrackError(f"cannot read the teacher top-k store {ref} ({type(err).__name__}); "

@@ -6,13 +6,10 @@ tiny EXAONE-4), or an MLflow URI (`runs:/<id>/<path>`, `models:/<name>@<alias>`,
 
 import json
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
-from exatrack import ExatrackError, cache_dir
+from exatrack import ExatrackError, downloads
 
 DEFAULT_MODEL = "LGAI-EXAONE/EXAONE-4.0-1.2B"
 SOURCE_MODEL = "exatrack.source_model"  # the tag naming the uncompressed model a run's checkpoint derives from
@@ -107,18 +104,30 @@ def weight_problems(folder: Path) -> list[str]:
 
 
 def from_run(ref: str, run_id: str, artifact: str) -> Model:
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    try:
-        run = MlflowClient().get_run(run_id)
-    except MlflowException as err:
-        raise ExatrackError(f"no run {run_id} in the tracking store ({str(err).splitlines()[0][:150]}); "
-                            "check the run id (`mlflow runs list`) and MLFLOW_TRACKING_URI")
+    run = get_run(run_id)
     folder = artifact_folder(run, artifact, ref)
     tags = run.data.tags
     requires = {k[len(REQUIRES):]: v for k, v in tags.items() if k.startswith(REQUIRES)}
     return Model(ref, folder, run_id, tags.get(SOURCE_MODEL, ref), requires)
+
+
+def get_run(run_id: str):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return MlflowClient().get_run(run_id)
+    except MlflowException as err:
+        raise ExatrackError(f"no run {run_id} in the tracking store ({str(err).splitlines()[0][:150]}); "
+                            "check the run id (`mlflow runs list`) and MLFLOW_TRACKING_URI")
+
+
+def run_artifact(ref: str) -> Path:
+    """A run's file other than a checkpoint (a teacher top-k store) on this machine, named runs:/<id>/<path>."""
+    match = RUN_URI.match(ref)
+    if not match:
+        raise ExatrackError(f"'{ref}' is not runs:/<run id>/<path>")
+    return downloads.local_path(get_run(match.group(1)), match.group(2), ref)
 
 
 def from_registry(ref: str) -> Model:
@@ -135,35 +144,10 @@ def from_registry(ref: str) -> Model:
 
 
 def artifact_folder(run, artifact: str, ref: str) -> Path:
-    """A local artifact store is read in place; a remote one is downloaded once per run into the cache."""
-    root = urlparse(run.info.artifact_uri)
-    if root.scheme in ("", "file"):
-        folder = Path(root.path) / artifact
-    else:
-        folder = cache_dir() / "artifacts" / run.info.run_id / artifact
-        if not (folder / "config.json").exists():
-            download(run.info.run_id, artifact, folder, ref)
+    folder = downloads.local_path(run, artifact, ref)
     if not (folder / "config.json").exists():
         raise ExatrackError(f"{ref} holds no config.json; point at the checkpoint folder, e.g. runs:/<id>/checkpoint")
     return folder
-
-
-def download(run_id: str, artifact: str, folder: Path, ref: str) -> None:
-    """Into a temporary sibling, then renamed: a crash never leaves half a checkpoint in the cache."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".download-"))
-    try:
-        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(tmp))
-        shutil.rmtree(folder, ignore_errors=True)
-        (tmp / artifact).rename(folder)
-    except (MlflowException, OSError) as err:
-        raise ExatrackError(f"cannot fetch {ref} from the tracking store ({str(err).splitlines()[0][:200]}); "
-                            "check the run id and MLFLOW_TRACKING_URI")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def from_hub(repo_id: str) -> Path:

@@ -70,10 +70,11 @@ def verify_with_vllm(folder: Path) -> str:
 
 
 def build_zip(files: list[Path], out: Path) -> None:
-    """Write to a temporary name and rename, so a crash never leaves a half zip at `out`, and a failed
-    write leaves no temporary one either."""
+    """Write to a name of this process's and rename, so a crash never leaves a half zip at `out`, two
+    commands promoting to one `out` at once never write into the same file, and a failed write leaves
+    no temporary one either."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
+    partial = out.with_name(f"{out.name}.{os.getpid()}.partial")
     try:
         with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
             for path in files:

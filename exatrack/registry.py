@@ -32,9 +32,10 @@ def register_champion(client, board, model_name: str) -> str | None:
         log.warning("nothing registered: the leader %s has no checkpoint run", leader.name)
         return None
     try:
-        client.get_registered_model(model_name)
-    except MlflowException:
         client.create_registered_model(model_name)
+    except MlflowException as err:  # there already, maybe made by a command ranking at the same moment
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
     existing = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
     s = leader.score
     tags = {"score": f"{s.score:.4f}", "score_ci": f"[{s.score_ci.low:.4f}, {s.score_ci.high:.4f}]",

@@ -8,7 +8,6 @@ untrained model has near-uniform next-token distributions, on which no quantizat
 import hashlib
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 from exatrack import DATA_DIR, cache_dir
@@ -48,14 +47,16 @@ def tiny_path() -> Path:
 
 
 def build(out: Path) -> Path:
-    """Build into a temporary folder and rename it into place, so a crash leaves no half model."""
+    """Build into a partial folder and rename it into place, so a crash leaves no half model; the
+    partial folder has a fixed name, so a build killed midway leaves nothing the next one keeps."""
     from filelock import FileLock
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out) + ".lock"):
         if (out / "config.json").exists():
             return out
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".building-"))
+        tmp = out.with_name(f".{out.name}.partial")
+        shutil.rmtree(tmp, ignore_errors=True)
         try:
             tokenizer = train_tokenizer()
             model = train_model(tokenizer)

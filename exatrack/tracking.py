@@ -13,14 +13,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from exatrack import ExatrackError
+from exatrack import ExatrackError, processes
 
+log = logging.getLogger(__name__)
 EXPERIMENT = "exatrack"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Environment variables whose values must never reach a param, tag, artifact or log line.
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "EXATRACK_JUDGE_API_KEY", "OPENAI_API_KEY")
 # scheme://user:pass@ or scheme://token@, and scheme:/user:pass@ as a Path spells a URL; never models:/name@alias
 URL_CREDENTIALS = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*:)(//[^/\s@]+|/[^/\s@:]+:[^/\s@]*)@")
+# Tags naming the process that runs a run, so that a run left RUNNING by a killed process can be ended.
+HOST, PID, PID_STARTED = "exatrack.host", "exatrack.pid", "exatrack.pid_started"
+ENDED = "exatrack.ended"  # tag: why exatrack, not the run's own process, ended a run
 
 
 def git_commit() -> str | None:
@@ -78,6 +82,35 @@ def server_answers(uri: str, timeout_s: float = 5.0) -> None:
                             f"({getattr(err, 'reason', err)}); start the server, or fix or unset MLFLOW_TRACKING_URI")
 
 
+def owner_tags() -> dict:
+    host, pid, started = processes.me()
+    return {HOST: host, PID: str(pid), PID_STARTED: f"{started:.2f}"}
+
+
+def end_stale_runs() -> list[str]:
+    """End as KILLED, saying why, the runs left RUNNING by processes of this host that are gone: a
+    process killed with -9 never ends its runs, and they would show as running forever. The runs of a
+    live process, of another host, or of no recorded process are left alone. Returns the runs ended."""
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+
+    client = MlflowClient()
+    host, _, _ = processes.me()
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    running = client.search_runs(experiments, f"attributes.status = 'RUNNING' and tags.`{HOST}` = '{host}'",
+                                 max_results=1000)
+    ended = []
+    for run in running:
+        pid, started = int(run.data.tags[PID]), float(run.data.tags[PID_STARTED])
+        if processes.gone(host, pid, started):
+            why = f"stale: process {pid} on {host} is gone"
+            client.set_tag(run.info.run_id, ENDED, why)
+            client.set_terminated(run.info.run_id, "KILLED")
+            log.warning("run %s (%s) ended as KILLED: %s", run.info.run_id, run.info.run_name, why)
+            ended.append(run.info.run_id)
+    return ended
+
+
 def use_experiment() -> str:
     """The experiment named by `--experiment` or MLFLOW_EXPERIMENT_NAME; else the one `mlflow run` (or
     an earlier `mlflow.set_experiment`, which exports MLFLOW_EXPERIMENT_ID) chose; else 'exatrack'.
@@ -124,12 +157,12 @@ DESCRIPTIONS = {
 @contextmanager
 def run(kind: str, run_id: str | None = None, run_name: str | None = None, parent_run_id: str | None = None,
         tags: dict | None = None):
-    """Start (or resume) a run; any exception marks it FAILED with the error kept as a tag."""
+    """Start (or resume) a run as this process's; any exception marks it FAILED with the error kept as a tag."""
     import mlflow
 
     use_experiment()
     new = {"exatrack.kind": kind, "mlflow.note.content": DESCRIPTIONS.get(kind, "")} if run_id is None else {}
-    tags = {**new, **(tags or {})}
+    tags = {**new, **owner_tags(), **(tags or {})}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     if commit := git_commit():

@@ -1,6 +1,11 @@
 """Every test session gets its own tracking store (sqlite + artifacts in a temporary folder) and no hub."""
 
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,6 +25,33 @@ def tracking_store(tmp_path_factory):
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     yield folder
     os.chdir(old)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tracking_store):
+    """A real `mlflow server` on loopback over the session's store, as a team runs one: it serves the
+    artifacts of the experiments created through it (mlflow-artifacts:/). Yields its URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+               "--workers", "1", "--backend-store-uri", f"sqlite:///{tracking_store / 'mlflow.db'}",
+               "--artifacts-destination", str(tracking_store / "mlruns")]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):  # bounded: a minute at most
+            try:
+                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not answer /health within a minute")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

@@ -40,3 +40,11 @@ class RecordedSession:
                 benchmarks[name][m["name"]] = {"answers": [["정답: B"] * t for t in turns], "tokens": [[3] * t for t in turns],
                                                "chunks": chunks, "clock": "engine"}
         return {"vllm_version": "recorded", "device": "recorded device", "models": info, "benchmarks": benchmarks}
+
+
+if __name__ == "__main__":  # the exatrack command line with a recorded session standing in for vLLM: tests of real processes
+    from exatrack import serving
+    from exatrack.cli import main
+
+    serving.run_session = RecordedSession()
+    main(prog_name="exatrack")

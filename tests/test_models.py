@@ -91,3 +91,24 @@ def test_lineage_and_requirements_come_with_the_resolved_model(tiny_model):
 def test_unknown_run_is_a_clear_error():
     with pytest.raises(ExatrackError, match="no run 0123abcd in the tracking store"):
         models.resolve("runs:/0123abcd/checkpoint")
+
+
+def test_a_tiny_build_killed_midway_leaves_nothing_the_next_build_keeps(tmp_path, monkeypatch):
+    from exatrack import tiny
+
+    class Built:  # stands in for the tokenizer and the model: what matters is where they are saved
+        def to(self, dtype):
+            return self
+
+        def save_pretrained(self, folder):
+            Path(folder).mkdir(exist_ok=True)
+            (Path(folder) / "config.json").write_text("{}")
+
+    monkeypatch.setattr(tiny, "train_tokenizer", Built)
+    monkeypatch.setattr(tiny, "train_model", lambda tokenizer: Built())
+    left = tmp_path / ".key.partial"  # what a build killed midway leaves
+    left.mkdir()
+    (left / "half.safetensors").write_text("")
+    tiny.build(tmp_path / "key")
+    assert not left.exists()
+    assert [p.name for p in (tmp_path / "key").iterdir()] == ["config.json"]

@@ -4,12 +4,7 @@ test store, its experiment page rendered by headless Chromium (Debian's; .ci/run
 import json
 import re
 import shutil
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import mlflow
 import pytest
@@ -25,15 +20,9 @@ LANES = {"w8a8-d0.01": {"recipe": "w8a8", "damp": 0.01, "num_samples": 8, "max_s
          "w8a8-d0.05": {"recipe": "w8a8", "damp": 0.05, "num_samples": 8, "max_seq_len": 64}}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(tiny_model, tmp_path_factory):
-    """A short pipeline on tiny (a recorded session stands in for vLLM), then the server over its store."""
+def server(tiny_model, tmp_path_factory, mlflow_server):
+    """A short pipeline on tiny (a recorded session stands in for vLLM), then the session's server over its store."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(serving, "run_session", RecordedSession())
         lanes = tmp_path_factory.mktemp("ui") / "lanes.yaml"
@@ -41,24 +30,7 @@ def server(tiny_model, tmp_path_factory):
         mlflow.set_experiment("ui-test")
         pipeline("tiny", str(lanes), Settings(benchmarks="kmmlu_pro,kmmlu_redux", data="sample", chunks=4),
                  out=str(lanes.parent / "submit.zip"), model_name="EXAONE-ui-test")
-    store, port = Path.cwd(), free_port()
-    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-               "--workers", "1", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-               "--default-artifact-root", str(store / "mlruns")]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(120):  # bounded: a minute at most
-        try:
-            if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("mlflow server did not answer /health within a minute")
-    yield url, mlflow.get_experiment_by_name("ui-test").experiment_id
-    proc.terminate()
-    proc.wait(timeout=30)
+    return mlflow_server, mlflow.get_experiment_by_name("ui-test").experiment_id
 
 
 def rendered_text(url: str, height: int = 1000, until: str = "") -> str:

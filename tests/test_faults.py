@@ -1,0 +1,150 @@
+"""Faults and concurrency, with real processes: a command killed with -9 leaves runs that the next
+command ends and a temp folder that it removes, and a killed pipeline resumes from its finished steps;
+two pipelines started at once on a fresh store both finish.
+
+The pipelines run as `tests/fakes.py`, the exatrack command line with a recorded session standing in
+for vLLM: what is under test is the store and the processes, not generation.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import psutil
+from mlflow import MlflowClient
+
+from exatrack import processes, tracking
+from tests.conftest import REPO
+
+EXATRACK = [str(Path(sys.executable).parent / "exatrack")]
+FAKE_VLLM = [sys.executable, str(REPO / "tests" / "fakes.py")]
+SMALL = {"num_samples": 8, "max_seq_len": 64}
+LANES = {"pruned-fp8": {"steps": [{"prune": {"drop": 1, **SMALL}}, {"quantize": {"recipe": "fp8_dynamic"}}]},
+         "fp8": {"recipe": "fp8_dynamic"},
+         "w8a8": {"recipe": "w8a8", **SMALL}}
+EVALUATION = ["--model", "tiny", "--data", "sample", "--benchmarks", "kmmlu_redux", "--chunks", "2"]
+
+
+class Folder:
+    """A working folder of its own (so its own store) and a temp folder its commands are pointed at."""
+
+    def __init__(self, path: Path):
+        self.path, self.temp, self.logs = path, path / "tmp", {}
+        self.temp.mkdir()
+        (path / "lanes.yaml").write_text(json.dumps({"lanes": LANES}))
+        self.client = MlflowClient(f"sqlite:///{path / 'mlflow.db'}")
+
+    def start(self, command: list[str], *args: str) -> subprocess.Popen:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # not this test session's store
+        log = self.path / f"command{len(self.logs) + 1}.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen([*command, "--experiment", "faults", *args], cwd=self.path, stdout=out,
+                                    stderr=subprocess.STDOUT, env={**env, "TMPDIR": str(self.temp)})
+        self.logs[proc.pid] = log
+        return proc
+
+    def finish(self, proc: subprocess.Popen) -> str:
+        """Its output, once it ended with status 0."""
+        proc.wait(timeout=600)
+        output = self.logs[proc.pid].read_text()
+        assert proc.returncode == 0, output[-3000:]
+        return output
+
+    def kill_when(self, proc: subprocess.Popen, reached, seconds: float = 300) -> None:
+        """kill -9 once `reached()` holds (polled); the process must still be running then."""
+        deadline = time.monotonic() + seconds
+        while not reached():
+            assert proc.poll() is None, self.logs[proc.pid].read_text()[-3000:]
+            assert time.monotonic() < deadline, "never reached the point to kill it"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    def runs(self, query: str = "") -> list:
+        return self.client.search_runs([e.experiment_id for e in self.client.search_experiments()], query)
+
+    def running(self, query: str) -> list:
+        return self.runs(f"attributes.status = 'RUNNING' and {query}")
+
+
+QUANTIZE = "tags.`exatrack.kind` = 'quantize'"
+LANE_QUANTIZE = f"{QUANTIZE} and tags.`exatrack.lane` = 'pruned-fp8'"
+
+
+def compressing(folder: Folder) -> bool:
+    runs = folder.running(QUANTIZE)
+    logged = runs and "recipe.yaml" in [a.path for a in folder.client.list_artifacts(runs[0].info.run_id)]
+    return bool(logged and any(folder.temp.glob("exatrack-*/*")))
+
+
+def test_killed_commands_are_ended_cleaned_up_after_and_a_pipeline_resumes_from_its_finished_steps(tiny_model, tmp_path):
+    folder = Folder(tmp_path)
+    folder.client.search_experiments()  # the store exists before this test polls it
+    quantize = folder.start(EXATRACK, "quantize", "--model", "tiny", "--num_samples", "8", "--max_seq_len", "64")
+    # killed while it compresses: its recipe logged, the folder its checkpoint is written to in its temp folder
+    folder.kill_when(quantize, lambda: compressing(folder))
+    (killed_quantize,) = folder.running(QUANTIZE)
+    assert list(folder.temp.glob("exatrack-*/*"))
+
+    pipeline = folder.start(FAKE_VLLM, "pipeline", *EVALUATION, "--only", "pruned-fp8", "--lanes", "lanes.yaml")
+    # killed in its lane's second step, the first (prune) finished
+    folder.kill_when(pipeline, lambda: folder.running(LANE_QUANTIZE))
+    ended = folder.client.get_run(killed_quantize.info.run_id)  # by the pipeline as it started
+    assert ended.info.status == "KILLED"
+    assert ended.data.tags[tracking.ENDED] == f"stale: process {quantize.pid} on {ended.data.tags[tracking.HOST]} is gone"
+    assert [p.name for p in folder.temp.iterdir()] == [f.name for f in folder.temp.glob(f"exatrack-*-{pipeline.pid}-*")]
+    prune = folder.runs("tags.`exatrack.kind` = 'prune'")
+    assert [r.info.status for r in prune] == ["FINISHED"]
+
+    resumed = folder.start(FAKE_VLLM, "pipeline", *EVALUATION, "--only", "pruned-fp8", "--lanes", "lanes.yaml")
+    assert "lane pruned-fp8: done" in folder.finish(resumed)
+    assert [r.info.run_id for r in folder.runs("tags.`exatrack.kind` = 'prune'")] == [prune[0].info.run_id]  # reused
+    quantized = {r.info.status: r for r in folder.runs(LANE_QUANTIZE)}
+    assert sorted(quantized) == ["FINISHED", "KILLED"]  # the unfinished step redone, from the finished prune
+    assert quantized["FINISHED"].data.params["model"] == f"runs:/{prune[0].info.run_id}/checkpoint"
+    pipelines = {r.info.status: r for r in folder.runs("tags.`exatrack.kind` = 'pipeline'")}
+    assert sorted(pipelines) == ["FINISHED", "KILLED"]
+    assert pipelines["KILLED"].data.tags[tracking.ENDED].startswith(f"stale: process {pipeline.pid} on ")
+    assert not folder.runs("attributes.status = 'RUNNING'")
+    assert not list(folder.temp.iterdir())  # the killed commands' temp folders, and the last one's own
+
+
+def test_two_pipelines_started_at_once_on_a_fresh_store_both_finish_with_intact_runs(tiny_model, tmp_path):
+    folder = Folder(tmp_path)
+    both = [folder.start(FAKE_VLLM, "pipeline", *EVALUATION, "--only", lane, "--lanes", "lanes.yaml", "--out", f"{lane}.zip")
+            for lane in ("fp8", "w8a8")]
+    for proc in both:
+        folder.finish(proc)
+    assert {r.info.status for r in folder.runs()} == {"FINISHED"}
+    for parent in folder.runs("tags.`exatrack.kind` = 'pipeline'"):
+        children = folder.runs(f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+        kinds = sorted(r.data.tags["exatrack.kind"] for r in children)
+        assert {"evaluation", "quantize", "rank"} <= set(kinds), kinds  # the base's evaluation, the lane, the ranking
+        (lane,) = [r for r in children if r.data.tags["exatrack.kind"] == "quantize"]
+        assert "proxy_kl" in lane.data.metrics and folder.client.list_artifacts(lane.info.run_id, "checkpoint")
+    assert not list((tmp_path / "tmp").iterdir())
+
+
+def test_only_runs_of_gone_processes_of_this_host_are_ended():
+    gone = subprocess.Popen(["sleep", "5"])
+    started = psutil.Process(gone.pid).create_time()
+    gone.kill()
+    gone.wait()
+    mlflow.set_experiment("stale-runs")
+    client = MlflowClient()
+    host = processes.me()[0]
+    owners = {"gone": (host, gone.pid, started), "live": processes.me(), "elsewhere": ("another-host", gone.pid, started)}
+    ids = {}
+    for name, (where, pid, since) in owners.items():
+        tags = {tracking.HOST: where, tracking.PID: str(pid), tracking.PID_STARTED: f"{since:.2f}"}
+        ids[name] = client.create_run(mlflow.get_experiment_by_name("stale-runs").experiment_id, tags=tags).info.run_id
+    assert tracking.end_stale_runs() == [ids["gone"]]
+    assert {name: client.get_run(i).info.status for name, i in ids.items()} == {
+        "gone": "KILLED", "live": "RUNNING", "elsewhere": "RUNNING"}
+    for run_id in ids.values():
+        client.set_terminated(run_id)
