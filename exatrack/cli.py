@@ -249,14 +249,17 @@ def promote(version, registered_model, out, verify, dry_run):
 @option("registered_model", default=REGISTERED_MODEL, show_default=True, help="registry name")
 @option("out", default="submit.zip", show_default=True, help="where to write the submission zip")
 @option("verify", default="files", show_default=True, type=click.Choice(["files", "vllm"]), help="vllm: also load the package")
-def pipeline(model, lanes, only, calib, force, registered_model, out, verify, **settings):
+@option("workers", default=1, show_default=True, type=click.IntRange(1, 1024),
+        help="run lanes' steps on this many GPUs at once through a local Ray cluster (pip install 'exatrack[ray]')")
+@option("ray_address", default=None, help="join this Ray cluster (e.g. ray://head:10001) instead; needs a tracking server")
+def pipeline(model, lanes, only, calib, force, registered_model, out, verify, workers, ray_address, **settings):
     """Every lane through its steps, then all evaluated beside the base in one session, rank, promote."""
     from exatrack.evaluate import Settings
     from exatrack.pipeline import pipeline as run_pipeline
     from exatrack.render import markdown
 
     done = run_pipeline(model, lanes, Settings(**settings), only, None if calib == "auto" else calib, force,
-                        registered_model, out, verify)
+                        registered_model, out, verify, workers, ray_address)
     for lane, status in done.lanes.items():
         click.echo(f"lane {lane}: {status}")
     click.echo(markdown(done.board))

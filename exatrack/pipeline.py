@@ -129,28 +129,63 @@ def find_finished(client, experiment_id: str, tag: str, value: str, under: str |
     return runs[0] if runs else None
 
 
+def step_key(base: str, steps: list, i: int, calib: str | None) -> str:
+    """What identifies step i of a lane: the base, the steps up to it and the calibration data; lanes
+    sharing a prefix share its keys, so the prefix runs once."""
+    return digest([base, steps[:i + 1], calib])
+
+
+def make_step(client, experiment_id: str, lane: str, step: str, params: dict, current: str, key: str,
+              calib: str | None, parent_id: str, force: bool) -> tuple[str, bool]:
+    """Run (or reuse) one step on the checkpoint `current`; returns its run id and whether it was reused."""
+    # forced: redo what earlier pipelines did, but still share a prefix between this one's lanes
+    run = find_finished(client, experiment_id, STEP_INPUTS, key, parent_id if force else None)
+    if run:
+        client.set_tag(run.info.run_id, "mlflow.parentRunId", parent_id)  # a reused run joins this tree
+        return run.info.run_id, True
+    return STEPS[step][0](current, params, calib=calib, parent_run_id=parent_id,
+                          tags={"exatrack.lane": lane, STEP_INPUTS: key}), False
+
+
 def make_lane(client, experiment_id: str, name: str, steps: list, base: str, calib: str | None, parent_id: str,
               force: bool) -> tuple[str, bool]:
     """Run (or reuse) the lane's steps; returns the last step's run id and whether all were reused."""
     current, reused, run_id = base, True, None
     for i, (step, params) in enumerate(steps):
-        key = digest([base, steps[:i + 1], calib])
-        # forced: redo what earlier pipelines did, but still share a prefix between this one's lanes
-        run = find_finished(client, experiment_id, STEP_INPUTS, key, parent_id if force else None)
-        if run:
-            client.set_tag(run.info.run_id, "mlflow.parentRunId", parent_id)  # a reused run joins this tree
-            run_id = run.info.run_id
-        else:
-            reused = False
-            run_id = STEPS[step][0](current, params, calib=calib, parent_run_id=parent_id,
-                                    tags={"exatrack.lane": name, STEP_INPUTS: key})
-        current = checkpoint.uri(run_id)
+        run_id, was_reused = make_step(client, experiment_id, name, step, params, current,
+                                       step_key(base, steps, i, calib), calib, parent_id, force)
+        reused, current = reused and was_reused, checkpoint.uri(run_id)
     return run_id, reused
+
+
+def make_lanes_in_turn(lanes: dict, base: str, calib: str | None, parent_id: str, experiment_id: str,
+                       force: bool) -> tuple[dict, dict]:
+    """Every lane in this process, one after another: lane -> final checkpoint, lane -> status."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    client, status, finals, started = MlflowClient(), {}, {}, time.monotonic()
+    for i, (name, steps) in enumerate(lanes.items(), start=1):
+        progress = f"lane {i}/{len(lanes)}: {name} ({' -> '.join(step for step, _ in steps)}){eta(started, i - 1, len(lanes))}"
+        tqdm.write(progress, file=sys.stderr)
+        mlflow.set_tag("exatrack.progress", progress)
+        try:
+            run_id, reused = make_lane(client, experiment_id, name, steps, base, calib, parent_id, force)
+            finals[name], status[name] = checkpoint.uri(run_id), "reused" if reused else "done"
+        except Exception as err:  # one lane's crash must not stop the others
+            status[name] = failure(err)
+            log.warning("lane %s %s", name, status[name])
+    return finals, status
+
+
+def failure(err: BaseException) -> str:
+    return f"failed: {tracking.redact(str(getattr(err, 'message', err))).splitlines()[0][:300]}"
 
 
 def pipeline(model: str, lanes_file: str, settings, only: str | None = None, calib: str | None = None,
              force: bool = False, model_name: str = REGISTERED_MODEL, out: str = "submit.zip",
-             verify: str = "files") -> Outcome:
+             verify: str = "files", workers: int = 0, ray_address: str | None = None) -> Outcome:
+    """`workers` (or `ray_address`) fans the lanes' steps out over Ray (ray_lanes.py); else in turn."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -159,22 +194,21 @@ def pipeline(model: str, lanes_file: str, settings, only: str | None = None, cal
     client = MlflowClient()
     lanes = load_lanes(lanes_file, only)
     settings.check()
+    fan_out = workers > 1 or ray_address is not None
+    if fan_out:
+        from exatrack import ray_lanes
+
+        ray_lanes.check(ray_address)
     with tracking.run("pipeline", run_name=f"pipeline {Path(lanes_file).stem}") as parent:
         parent_id, experiment = parent.info.run_id, parent.info.experiment_id
         mlflow.log_params({"model": model, "lanes": lanes_file, "only": only or "all", "force": force,
+                           "workers": workers if fan_out else 1, "ray_address": ray_address or "none",
                            **{f"eval.{k}": v for k, v in asdict(settings).items()}})
         base = models.resolve(model)
-        status, finals, started = {}, {}, time.monotonic()
-        for i, (name, steps) in enumerate(lanes.items(), start=1):
-            progress = f"lane {i}/{len(lanes)}: {name} ({' -> '.join(step for step, _ in steps)}){eta(started, i - 1, len(lanes))}"
-            tqdm.write(progress, file=sys.stderr)
-            mlflow.set_tag("exatrack.progress", progress)
-            try:
-                run_id, reused = make_lane(client, experiment, name, steps, model, calib, parent_id, force)
-                finals[name], status[name] = checkpoint.uri(run_id), "reused" if reused else "done"
-            except Exception as err:  # one lane's crash must not stop the others
-                status[name] = f"failed: {tracking.redact(str(getattr(err, 'message', err))).splitlines()[0][:300]}"
-                log.warning("lane %s %s", name, status[name])
+        if fan_out:
+            finals, status = ray_lanes.make_lanes(lanes, model, calib, parent_id, experiment, force, workers, ray_address)
+        else:
+            finals, status = make_lanes_in_turn(lanes, model, calib, parent_id, experiment, force)
         to_evaluate = {}
         for name, ref in finals.items():
             done = None if force else find_finished(client, experiment, evaluate.INPUTS, evaluate.inputs_hash(ref, settings))

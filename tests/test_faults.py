@@ -55,15 +55,15 @@ class Folder:
         assert proc.returncode == 0, output[-3000:]
         return output
 
-    def kill_when(self, proc: subprocess.Popen, reached, seconds: float = 300) -> None:
-        """kill -9 once `reached()` holds (polled); the process must still be running then."""
+    def kill_when(self, proc: subprocess.Popen, reached, seconds: float = 300, sig=signal.SIGKILL) -> None:
+        """kill -9 (or send `sig`) once `reached()` holds (polled); the process must still be running then."""
         deadline = time.monotonic() + seconds
         while not reached():
             assert proc.poll() is None, self.logs[proc.pid].read_text()[-3000:]
             assert time.monotonic() < deadline, "never reached the point to kill it"
             time.sleep(0.2)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
 
     def runs(self, query: str = "") -> list:
         return self.client.search_runs([e.experiment_id for e in self.client.search_experiments()], query)
