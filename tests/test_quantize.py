@@ -64,6 +64,8 @@ def test_run_records_parameters_recipe_size_and_quality_proxy(runs):
     metrics = run.data.metrics
     assert 0 < metrics["size_ratio"] < 1
     assert metrics["proxy_kl"] > 0 and 0 < metrics["proxy_top1_agreement"] <= 1
+    parts = [metrics[f"time_{part}_s"] for part in ("load", "calibrate", "solve", "save")]
+    assert all(t >= 0 for t in parts) and metrics["time_solve_s"] > 0 and sum(parts) <= metrics["compress_time_s"]
     assert runs["fp8_dynamic"].data.params["calib"] == "none"
 
 
