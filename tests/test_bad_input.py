@@ -265,7 +265,8 @@ def isolated(monkeypatch, tmp_path):
     def no_model_load(*args, **kwargs):
         raise AssertionError("a model was loaded before the bad input was refused")
 
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_model_load)
+    # a classmethod, as the real one: llmcompressor's modifier modules read `from_pretrained.__func__` on import
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", classmethod(no_model_load))
     yield scratch
     # torch's own cache may stay; the command's own temp folder (removed when its process exits, which
     # an in-process invocation does not) must be empty

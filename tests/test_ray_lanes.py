@@ -1,6 +1,6 @@
 """Lanes fanned out over a local Ray cluster of 2 workers give what running them in turn gives: the same
-step runs (a shared prefix made once), the same lineage, the same leaderboard; and a failing lane
-fails alone."""
+step runs (a shared prefix made once), the same lineage, the same leaderboard; a failing lane fails
+alone; Ctrl-C stops every worker and leaves no run RUNNING."""
 
 import json
 import signal
@@ -18,8 +18,7 @@ from tests.test_faults import EVALUATION, FAKE_VLLM, QUANTIZE, Folder
 from tests.test_pipeline import SETTINGS, SMALL
 
 pytest.importorskip("ray")
-LANES = {
-    "w8a8": {"recipe": "w8a8", "damp": 0.02, **SMALL},
+LANES = {  # two lanes sharing their prune step, and one that fails
     "prune-w8a8": {"steps": [{"prune": {"drop": 1, **SMALL}}, {"quantize": {"recipe": "w8a8", **SMALL}}]},
     "prune-fp8": {"steps": [{"prune": {"drop": 1, **SMALL}}, {"quantize": {"recipe": "fp8_dynamic"}}]},
     "broken": {"steps": [{"prune": {"drop": 4, **SMALL}}]},  # tiny has 4 layers: fails when it runs
@@ -61,7 +60,7 @@ def test_ray_and_in_turn_make_the_same_runs_and_lineage(both):
     in_turn, ray = tree("lanes-in-turn"), tree("lanes-ray")
     assert ray == in_turn
     shape, lane_tags = ray
-    assert sorted(kind for kind, _, _ in shape.values()) == ["prune", "prune", "quantize", "quantize", "quantize"]
+    assert sorted(kind for kind, _, _ in shape.values()) == ["prune", "prune", "quantize", "quantize"]
     assert lane_tags["lane.broken"].startswith("failed: drop=4")
 
 
@@ -70,7 +69,7 @@ def test_ray_and_in_turn_give_the_same_statuses_and_leaderboard(both):
     assert both["ray"].failed == ["broken"]
     boards = {kind: sorted((e.name, e.score and round(e.score.score, 6), e.reason) for e in outcome.board.entries)
               for kind, outcome in both.items()}
-    assert boards["ray"] == boards["in-turn"] and len(boards["ray"]) == 4  # the base and three lanes
+    assert boards["ray"] == boards["in-turn"] and len(boards["ray"]) == 3  # the base and two lanes
 
 
 def test_ray_step_runs_say_where_they_ran(both):
