@@ -101,6 +101,7 @@ def make_lanes(lanes: dict, base: str, calib: str | None, parent_id: str, experi
 
     ray = start(workers, address, experiment_id)
     refs, last = {}, {}  # step key -> its task; lane -> its last step's task
+    stop = Interrupt()
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
         task = ray.remote(max_retries=0, **({"num_gpus": 1} if gpus else {"num_cpus": 1}))(run_step)
@@ -112,17 +113,38 @@ def make_lanes(lanes: dict, base: str, calib: str | None, parent_id: str, experi
                     refs[key] = task.remote(before, name, step, params, key, calib, parent_id, experiment_id, force)
                 before = refs[key]
             last[name] = before
-        return wait(ray, lanes, refs, last, parent_id)
+        return wait(ray, lanes, refs, last, parent_id, stop)
     except KeyboardInterrupt:
         for ref in refs.values():
             ray.cancel(ref, force=True)
+        ray.shutdown()
         end_left_running(parent_id, "KILLED", "stopped: the pipeline was interrupted")
         raise
     finally:
+        stop.restore()
         ray.shutdown()
 
 
-def wait(ray, lanes: dict, refs: dict, last: dict, parent_id: str) -> tuple[dict, dict]:
+class Interrupt:
+    """Ctrl-C noted, not raised where it lands: a KeyboardInterrupt raised inside the store's or Ray's own
+    calls can be swallowed there; the wait loop checks the flag between its calls instead."""
+
+    def __init__(self):
+        import signal
+
+        self.asked = False
+        self.previous = signal.signal(signal.SIGINT, self.note)
+
+    def note(self, signum, frame):
+        self.asked = True
+
+    def restore(self):
+        import signal
+
+        signal.signal(signal.SIGINT, self.previous)
+
+
+def wait(ray, lanes: dict, refs: dict, last: dict, parent_id: str, stop: Interrupt) -> tuple[dict, dict]:
     """Collect the tasks as they finish; progress (done/total, ETA, each lane's state) on the terminal
     and as tags of the pipeline run."""
     from mlflow import MlflowClient
@@ -131,7 +153,11 @@ def wait(ray, lanes: dict, refs: dict, last: dict, parent_id: str) -> tuple[dict
     pending, started = list(refs.values()), time.monotonic()
     with tqdm(total=len(pending), desc="steps", unit="step", file=sys.stderr) as bar:
         while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
+            ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+            if stop.asked:
+                raise KeyboardInterrupt
+            if not ready:
+                continue
             bar.update(len(ready))
             for name in [name for name, ref in last.items() if ref in ready]:
                 try:

@@ -124,13 +124,15 @@ def test_a_local_file_in_the_hub_schema_is_scored_row_by_row(session):
     assert base.data.tags["eval.source.kmmlu_redux"] == str(session["redux"])
 
 
-def test_the_a_a_pair_scores_a_tie_with_the_base(board, session):
-    """The same weights twice: PerfNorm is 1 and the SpeedNorm interval contains 0."""
+def test_the_a_a_pair_has_perf_norm_one_and_intervals_around_its_points(board, session):
+    """The same weights twice: greedy answers are the same, so PerfNorm is exactly 1. Whether the SpeedNorm
+    interval holds 0 is a timing, which a test on a shared CPU cannot promise (it missed once in ~10 CI
+    runs here); the A/A speed test is a benchmark: benchmarks/results/h100-session-aa-2026-11-22.json."""
     twin = next(e for e in board.entries if e.run.info.run_id == session["runs"]["twin"])
     s = twin.score
     assert s.perf_norm == pytest.approx(1.0) and 1.0 in s.perf_norm_ci
-    assert 0.0 in s.speed_norm_ci, s.speed_norm_ci
     assert s.speed_norm_ci.low <= s.speed_norm <= s.speed_norm_ci.high
+    assert s.score_ci.low <= s.score <= s.score_ci.high
 
 
 def test_the_score_is_the_formula_of_the_logged_metrics(board, session):
