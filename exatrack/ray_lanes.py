@@ -52,7 +52,7 @@ def worker_env(experiment_id: str) -> dict:
     uri = mlflow.get_tracking_uri()
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
-    env = {k: v for k, v in os.environ.items() if k.startswith(("EXATRACK_", "MLFLOW_", "HF_"))}
+    env = {k: v for k, v in os.environ.items() if k.startswith(("EXATRACK_", "MLFLOW_", "HF_")) and k != "MLFLOW_RUN_ID"}
     return {**env, "MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_ID": experiment_id}
 
 
@@ -82,6 +82,7 @@ def run_step(before: tuple, lane: str, step: str, params: dict, key: str, calib:
 
     from exatrack import pipeline, processes
 
+    os.environ.pop("MLFLOW_RUN_ID", None)  # `mlflow run`'s run is the pipeline's; a step's run is its own child
     tracking.redact_logs()
     processes.own_temp_folder()
     where = f"{socket.gethostname()} GPU {','.join(map(str, ray.get_gpu_ids())) or 'none'}"

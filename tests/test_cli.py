@@ -113,20 +113,6 @@ def test_leaderboard_is_read_only_and_promote_dry_run_changes_nothing(tiny_model
     assert len(client.search_runs([experiment])) == before and not (tmp_path / "b.zip").exists()
 
 
-def test_two_commands_started_at_once_on_a_fresh_store_leave_it_intact(tmp_path):
-    """They used to race MLflow's schema migration: the half-migrated mlflow.db failed every later command."""
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    both = [subprocess.Popen(["exatrack", "--experiment", "race", "leaderboard"], cwd=tmp_path, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outputs = [p.communicate(timeout=300) for p in both]
-    for proc, (out, err) in zip(both, outputs):
-        assert proc.returncode == 1 and err.strip().splitlines()[-1].startswith("Error: no evaluated base"), err[-800:]
-    after = subprocess.run(["exatrack", "--experiment", "race", "leaderboard"], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=300)
-    assert after.stderr.strip().splitlines()[-1].startswith("Error: no evaluated base"), after.stderr[-800:]
-
-
 def test_boolean_options_work_as_flags_and_take_the_values_mlproject_passes():
     from exatrack.cli import option
 
