@@ -4,31 +4,42 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # CPU machines take the CPU build where a local wheel or index offers it; GPU machines get PyPI's CUDA build.
 TORCH ?= torch==2.13.0
+# Every version `make setup` installs, the installers' included (locks/project.txt; `make lock` rewrites it).
+LOCK := locks/project.txt
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup serving-env test demo clean
+.PHONY: setup serving-env grader-env test demo lock clean
 
 setup: $(VENV)/.installed
 
+# pip and uv at the lock's versions first: their command lines below are written for those versions.
 # torch through pip (it finds a machine's local CPU wheel; uv does not look there), the rest through uv:
 # from a warm cache it installs in seconds where pip takes minutes.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q uv
-	$(BIN)/uv pip install -q --python $(BIN)/python -e ".[test]"
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c $(LOCK) pip uv
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c $(LOCK) $(TORCH)
+	$(BIN)/uv pip install -q --python $(BIN)/python -c $(LOCK) -e ".[test]"
 	touch $@
 
-# The pinned vLLM environment evaluation runs in: built once (a few minutes), cached under ~/.cache/exatrack.
+# The pinned vLLM environment evaluation runs in, and the grader's stack `promote` checks packages
+# against: each built once (a few minutes), cached under ~/.cache/exatrack.
 serving-env: setup
 	$(BIN)/exatrack serving-env --build
 
-test: setup serving-env
-	$(BIN)/python -m pytest -q -ra
+grader-env: setup
+	$(BIN)/exatrack grader-env --build
 
-demo: setup serving-env
+test: setup serving-env grader-env
+	$(BIN)/python -m pytest -q -ra --durations=15
+
+demo: setup serving-env grader-env
 	$(BIN)/exatrack --experiment exatrack-demo pipeline --model tiny --data sample --max_tokens 48 --eager --lanes recipes/demo-lanes.yaml
+
+# For developers: resolve every lock again (the project's, the serving and grader environments').
+lock: setup
+	$(BIN)/python -m exatrack.environments
 
 clean:
 	rm -rf mlflow.db mlruns/[0-9]* mlruns/models submit.zip

@@ -85,7 +85,7 @@ def texts(source: str, tokenizer, limit: int | None, seed: int = 0, context: str
 
     records = load_records(source, limit, seed)
     where = str(SAMPLE) if source == "sample" else source
-    tracking.log_dataset(Path(where).stem if Path(where).suffix else where, where, records, context)
+    tracking.log_dataset(Path(where).stem if Path(where).suffix else where, where, records, context, split="train")
     return [to_text(r, tokenizer, source) for r in records]
 
 

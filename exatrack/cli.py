@@ -8,10 +8,12 @@ from exatrack import distill as distill_step
 from exatrack import prune as prune_step
 from exatrack import recipes as recipe_registry
 from exatrack import sft as sft_step
+from exatrack.console import echo
 from exatrack.models import DEFAULT_MODEL
 from exatrack.registry import REGISTERED_MODEL
 
 MODEL_HELP = "hub id, folder, tiny, runs:/... or models:/..."
+GRADER_CHECK_HELP = "read the package with the grader's stack first and refuse what it reads differently"
 CALIB_HELP = "text to use: hub id, jsonl/json/parquet file, sample, or auto (sample for tiny, else MANTA-1M)"
 
 
@@ -24,24 +26,50 @@ def option(name: str, **kwargs):
     return click.option(*sorted(spellings), name, callback=lambda ctx, param, value: None if value == "" else value, **kwargs)
 
 
+class Command(click.Command):
+    """Sets up what a command's work needs when it runs, after its options parsed, so that `--help`
+    touches nothing: its own temp folder, its log (console.py), and the tracking store (made ready, the
+    runs of killed commands ended) for every command but those that use none."""
+
+    WITHOUT_STORE = ("recipes", "serving-env", "grader-env", "tiny")
+
+    def invoke(self, ctx):
+        import os
+
+        from exatrack import console, tracking
+        from exatrack.processes import own_temp_folder
+
+        if self.name == "recipes":  # it only reads the package's files
+            return super().invoke(ctx)
+        console.start(own_temp_folder(), verbose=os.environ.get("EXATRACK_VERBOSE", "") not in ("", "0", "false"))
+        try:
+            if self.name not in self.WITHOUT_STORE:
+                tracking.store_ready()
+                tracking.end_stale_runs()
+            return super().invoke(ctx)
+        finally:
+            console.stop()
+
+
 @click.group()
 @click.version_option(package_name="exatrack")
 @click.option("--experiment", default=None, help="MLflow experiment for the runs (default: MLFLOW_EXPERIMENT_NAME, else exatrack)")
-def main(experiment):
+@click.option("--verbose", is_flag=True, help="stream vLLM's, MLflow's and the other libraries' logs to the terminal "
+              "(otherwise in each run's logs/ artifacts); also EXATRACK_VERBOSE=1")
+def main(experiment, verbose):
     """An MLflow-tracked lab for compressing EXAONE-4.0-1.2B for serving in vLLM."""
     import os
 
     from exatrack import tracking
-    from exatrack.processes import own_temp_folder
 
     tracking.redact_logs()
-    own_temp_folder()
     if experiment:
         os.environ["MLFLOW_EXPERIMENT_NAME"] = experiment
-    ctx = click.get_current_context()
-    if ctx.invoked_subcommand not in (None, "recipes", "serving-env", "tiny"):  # they use no tracking store
-        tracking.store_ready()
-        tracking.end_stale_runs()
+    if verbose:
+        os.environ["EXATRACK_VERBOSE"] = "1"  # the command's own processes (the serving worker, Ray tasks) see it too
+
+
+main.command_class = Command
 
 
 @main.command()
@@ -56,7 +84,7 @@ def tiny(out):
     if out:
         shutil.copytree(path, out, dirs_exist_ok=True)
         path = out
-    click.echo(path)
+    echo(path)
 
 
 @main.command("recipes")
@@ -64,10 +92,10 @@ def list_recipes():
     """List the compression recipes and their parameters."""
     for name, path in recipe_registry.available().items():
         recipe = recipe_registry.load(str(path))
-        click.echo(f"{name:<18} {recipe.description}")
+        echo(f"{name:<18} {recipe.description}")
         specs = {**recipe.params, **(recipe_registry.CALIBRATION_PARAMS if recipe.calibrate else {})}
         for param, spec in specs.items():
-            click.echo(f"{'':<20}{param}={spec.get('default')}  {spec.get('help', '')}")
+            echo(f"{'':<20}{param}={spec.get('default')}  {spec.get('help', '')}")
 
 
 @main.command()
@@ -92,7 +120,7 @@ def quantize(model, recipe, calib, recipe_params, **params):
     from exatrack.quantize import quantize as run_quantize
 
     run_id = run_quantize(model, recipe, params, calib)
-    click.echo(f"quantize finished: run {run_id}, checkpoint {uri(run_id)}")
+    echo(f"quantize finished: run {run_id}, checkpoint {uri(run_id)}")
 
 
 def step_options(specs: dict):
@@ -111,7 +139,7 @@ def step_options(specs: dict):
 def prune(model, calib, **params):
     """Drop the least important layers (Block Influence) and optionally narrow the FFNs."""
     run_id = prune_step.prune(model, params, calib)
-    click.echo(f"prune finished: run {run_id}, checkpoint runs:/{run_id}/checkpoint")
+    echo(f"prune finished: run {run_id}, checkpoint runs:/{run_id}/checkpoint")
 
 
 @main.command()
@@ -119,7 +147,7 @@ def prune(model, calib, **params):
 def distill(model, calib, **params):
     """Train a student (e.g. a pruned model) on its teacher's next-token distributions."""
     run_id = distill_step.distill(model, params, calib)
-    click.echo(f"distill finished: run {run_id}, checkpoint runs:/{run_id}/checkpoint")
+    echo(f"distill finished: run {run_id}, checkpoint runs:/{run_id}/checkpoint")
 
 
 @main.command()
@@ -127,7 +155,7 @@ def distill(model, calib, **params):
 def sft(model, calib, **params):
     """LoRA fine-tuning on chat data, merged back into a plain checkpoint."""
     run_id = sft_step.sft(model, params, calib)
-    click.echo(f"sft finished: run {run_id}, checkpoint runs:/{run_id}/checkpoint")
+    echo(f"sft finished: run {run_id}, checkpoint runs:/{run_id}/checkpoint")
 
 
 def evaluation_options(command):
@@ -171,11 +199,11 @@ def evaluate(model, base, **settings):
     base_model = models.resolve(base or (sources.pop() if sources else DEFAULT_MODEL))
     candidates = [m for m in candidates if m.ref != base_model.ref]
     done = run_evaluate(base_model, candidates, chosen)
-    click.echo(f"base {base_model.ref}: evaluation run {done.base}")
+    echo(f"base {base_model.ref}: evaluation run {done.base}")
     for ref, run_id in done.runs.items():
-        click.echo(f"{ref}: evaluation run {run_id}")
+        echo(f"{ref}: evaluation run {run_id}")
     for ref, why in done.failed.items():
-        click.echo(f"{ref}: not evaluated ({why})")
+        echo(f"{ref}: not evaluated ({why})")
     if done.failed:
         raise SystemExit(1)
 
@@ -192,9 +220,9 @@ def rank(registered_model, fingerprint, source, estimator):
     from exatrack.render import markdown
 
     board = run_rank(registered_model, fingerprint=fingerprint, source=source, estimator=estimator)
-    click.echo(markdown(board))
+    echo(markdown(board))
     if board.champion:
-        click.echo(f"champion: {registered_model} version {board.champion}")
+        echo(f"champion: {registered_model} version {board.champion}")
 
 
 @main.command()
@@ -208,7 +236,7 @@ def leaderboard(fingerprint, source, estimator):
     from exatrack import leaderboard as boards, tracking
     from exatrack.render import markdown
 
-    click.echo(markdown(boards.for_scope(MlflowClient(), tracking.use_experiment(), fingerprint, source, estimator)))
+    echo(markdown(boards.for_scope(MlflowClient(), tracking.use_experiment(), fingerprint, source, estimator)))
 
 
 @main.command("record-official")
@@ -219,7 +247,7 @@ def record_official(run_id, score):
     from exatrack.rank import record_official as record
 
     record(run_id, score)
-    click.echo(f"official score {score} recorded on run {run_id}")
+    echo(f"official score {score} recorded on run {run_id}")
 
 
 @main.command()
@@ -227,16 +255,18 @@ def record_official(run_id, score):
 @option("registered_model", default=REGISTERED_MODEL, show_default=True, help="registry name")
 @option("out", default="submit.zip", show_default=True, help="where to write the submission zip")
 @option("verify", default="files", show_default=True, type=click.Choice(["files", "vllm"]), help="vllm: also load and generate")
+@option("grader_check", default=True, type=bool, show_default=True, help=GRADER_CHECK_HELP)
 @click.option("--dry-run", "dry_run", is_flag=True, help="check and list what would be packaged; change nothing")
-def promote(version, registered_model, out, verify, dry_run):
-    """Point `submission` at a version and build submit.zip with only what vLLM needs."""
+def promote(version, registered_model, out, verify, grader_check, dry_run):
+    """Point `submission` at a version and build submit.zip with only what vLLM needs, once the grader's
+    stack (vLLM 0.14.1) reads it as the model exatrack measured."""
     from exatrack.package import promote as run_promote
 
-    done = run_promote(version, registered_model, out, verify, dry_run=dry_run)
+    done = run_promote(version, registered_model, out, verify, dry_run=dry_run, grader_check=grader_check)
     if dry_run:
-        click.echo("would package: " + ", ".join(p.name for p in done) + f" into {out}; nothing changed")
+        echo("would package: " + ", ".join(p.name for p in done) + f" into {out}; nothing changed")
     else:
-        click.echo(f"submission: {done}")
+        echo(f"submission: {done}")
 
 
 @main.command()
@@ -249,21 +279,23 @@ def promote(version, registered_model, out, verify, dry_run):
 @option("registered_model", default=REGISTERED_MODEL, show_default=True, help="registry name")
 @option("out", default="submit.zip", show_default=True, help="where to write the submission zip")
 @option("verify", default="files", show_default=True, type=click.Choice(["files", "vllm"]), help="vllm: also load the package")
+@option("grader_check", default=True, type=bool, show_default=True, help=GRADER_CHECK_HELP)
 @option("workers", default=1, show_default=True, type=click.IntRange(1, 1024),
         help="run lanes' steps on this many GPUs at once through a local Ray cluster (pip install 'exatrack[ray]')")
 @option("ray_address", default=None, help="join this Ray cluster (e.g. ray://head:10001) instead; needs a tracking server")
-def pipeline(model, lanes, only, calib, force, registered_model, out, verify, workers, ray_address, **settings):
+def pipeline(model, lanes, only, calib, force, registered_model, out, verify, grader_check, workers, ray_address,
+             **settings):
     """Every lane through its steps, then all evaluated beside the base in one session, rank, promote."""
     from exatrack.evaluate import Settings
     from exatrack.pipeline import pipeline as run_pipeline
     from exatrack.render import markdown
 
     done = run_pipeline(model, lanes, Settings(**settings), only, None if calib == "auto" else calib, force,
-                        registered_model, out, verify, workers, ray_address)
+                        registered_model, out, verify, workers, ray_address, grader_check)
     for lane, status in done.lanes.items():
-        click.echo(f"lane {lane}: {status}")
-    click.echo(markdown(done.board))
-    click.echo(f"submission: {done.submission}" if done.submission else "no submission from this pipeline")
+        echo(f"lane {lane}: {status}")
+    echo(markdown(done.board))
+    echo(f"submission: {done.submission}" if done.submission else "no submission from this pipeline")
     if done.failed:
         raise click.ClickException(f"{len(done.failed)} of {len(done.lanes)} lanes failed ({', '.join(done.failed)}); "
                                    "see their runs' exatrack.error tag, fix and run the pipeline again")
@@ -273,10 +305,20 @@ def pipeline(model, lanes, only, calib, force, registered_model, out, verify, wo
 @click.option("--build", is_flag=True, help="build it now if it is not built yet")
 def serving_env(build):
     """Print the interpreter of the pinned vLLM serving environment (building it with --build)."""
-    from exatrack import serving
+    from exatrack import environments
 
-    click.echo(f"spec: {serving.spec()}")
-    click.echo(f"python: {serving.python(build=build)}")
+    echo(f"spec: {environments.chosen('serving').spec}")
+    echo(f"python: {environments.python('serving', build=build)}")
+
+
+@main.command("grader-env")
+@click.option("--build", is_flag=True, help="build it now if it is not built yet")
+def grader_env(build):
+    """Print the interpreter of the grader's stack (vLLM 0.14.1) that `promote` checks every package with."""
+    from exatrack import environments
+
+    echo(f"spec: {environments.chosen('grader').spec}")
+    echo(f"python: {environments.python('grader', build=build)}")
 
 
 if __name__ == "__main__":

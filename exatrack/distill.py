@@ -49,11 +49,11 @@ def kl_top_k(student_logits, ids, values, temperature: float):
 def precompute(teacher, blocks, k: int, batch_size: int) -> dict:
     """Run the teacher once over every block; keep only its top-k."""
     import torch
-    from tqdm.auto import tqdm
+    from exatrack import console
 
     parts = []
     with torch.inference_mode():
-        for batch in tqdm(blocks.split(batch_size), desc="teacher top-k", unit="batch"):
+        for batch in console.bar(blocks.split(batch_size), desc="teacher top-k", unit="batch"):
             top = top_k_store(teacher(batch.to(torch_device())).logits, k)
             parts.append({key: value.cpu() for key, value in top.items()})
     return {"input_ids": blocks.to(torch.int32), **{key: torch.cat([p[key] for p in parts]) for key in ("values", "ids")}}

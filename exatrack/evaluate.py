@@ -92,6 +92,7 @@ def fingerprint(settings: Settings, rows: dict, response: dict, max_model_len: i
                        "max_model_len": max_model_len, "eager": settings.eager, "chat_template": True},
         "timing": {"chunks": settings.chunks, "repeats": settings.repeats},
         "vllm": response["vllm_version"],
+        "stack": response["stack"],  # transformers and compressed-tensors read the checkpoint too
         "device": response["device"],
     }
 
@@ -169,27 +170,44 @@ class Session:
         }
 
     def run(self) -> tuple[str, dict, dict]:
+        """Every run of the session keeps the engines' log (logs/serving.log), the failed ones too."""
+        import tempfile
+        from pathlib import Path
+
         from mlflow import MlflowClient
 
         client = MlflowClient()
         opened = {key: self.open_run(client, key, model) for key, model in self.models.items()}
         pending = dict(opened)  # runs not ended yet: a crash anywhere below ends them FAILED
-        try:
-            response = serving.run_session(self.request(), " and ".join(m.ref for m in self.models.values()))
-            if error := response["models"]["base"].get("error"):
-                raise ExatrackError(f"vLLM could not serve the base {self.models['base'].ref}: {error}")
-            failed = {}
-            for key, model in self.models.items():
-                if error := response["models"][key].get("error"):
-                    failed[model.ref] = error
-                    end_failed(client, pending.pop(key), error)
-                    continue
-                with tracking.run("evaluation", run_id=pending.pop(key)):
-                    log_evaluation(key, self, response)
-        except BaseException as err:
-            for run_id in pending.values():
-                end_failed(client, run_id, str(getattr(err, "message", err)))
-            raise
+        labels = {key: "base" if key == "base" else self.lanes.get(m.ref, m.ref) for key, m in self.models.items()}
+        with tempfile.TemporaryDirectory() as tmp:
+            log = Path(tmp) / "serving.log"
+            try:
+                try:
+                    response = serving.run_session(self.request(), " and ".join(m.ref for m in self.models.values()),
+                                                   log=log, labels=labels)
+                finally:
+                    if log.exists():
+                        for run_id in opened.values():
+                            client.log_artifact(run_id, str(log), "logs")
+                if error := response["models"]["base"].get("error"):
+                    raise ExatrackError(f"vLLM could not serve the base {self.models['base'].ref}: {error}")
+                failed = {}
+                for key, model in self.models.items():
+                    if error := response["models"][key].get("error"):
+                        failed[model.ref] = error
+                        end_failed(client, pending.pop(key), error)
+                        continue
+                    with tracking.run("evaluation", run_id=pending.pop(key)):
+                        log_evaluation(key, self, response)
+            except BaseException as err:
+                message = str(getattr(err, "message", err))
+                for run_id in pending.values():
+                    end_failed(client, run_id, message)
+                if isinstance(err, ExatrackError) and log.exists():
+                    where = tracking.artifact_location(opened["base"], "logs/serving.log")
+                    raise ExatrackError(f"{message}; the engines' full log: {where}")
+                raise
         runs = {m.ref: opened[k] for k, m in self.models.items() if k != "base" and m.ref not in failed}
         return opened["base"], runs, failed
 
@@ -240,6 +258,7 @@ def log_evaluation(key: str, session: Session, response: dict) -> None:
     tags = {
         FINGERPRINT: fingerprint_id(conditions),
         "exatrack.vllm_version": response["vllm_version"],
+        "exatrack.serving_stack": ", ".join(f"{k} {v}" for k, v in response["stack"].items()),
         "exatrack.device": response["device"],
         "exatrack.kv_cache_dtype": used["kv_cache_dtype"],
         "exatrack.perf_benchmarks": ",".join(scored),
@@ -251,7 +270,8 @@ def log_evaluation(key: str, session: Session, response: dict) -> None:
     mlflow.set_tags({k: tracking.redact(v) for k, v in tags.items()})
     mlflow.log_dict(conditions, "fingerprint.json")
     for name, benchmark_rows in rows.items():
-        tracking.log_dataset(name, REGISTRY[name].location(session.sources[name]), benchmark_rows, "evaluation")
+        tracking.log_dataset(name, REGISTRY[name].location(session.sources[name]), benchmark_rows, "evaluation",
+                             REGISTRY[name].split)
     mlflow.log_dict({"items": {name: REGISTRY[name].item_scores(r) for name, r in results.items()},
                      "chunks": {name: g["chunks"] for name, g in generated.items()}}, "paired.json")
     for name, result in results.items():

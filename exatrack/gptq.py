@@ -24,7 +24,8 @@ from compressed_tensors.utils import get_execution_device
 from llmcompressor.modifiers.gptq import GPTQModifier
 from llmcompressor.modifiers.gptq.helpers import accumulate_hessian, make_empty_hessian
 from pydantic import PrivateAttr
-from tqdm import tqdm
+
+from exatrack import console
 
 log = logging.getLogger(__name__)
 # Share of the GPU memory left free after loading the model that the cached layer inputs may take:
@@ -40,7 +41,7 @@ class SharedInputGPTQModifier(GPTQModifier):
     # `is` cannot mistake the next batch's input (allocated at the same address) for this one.
     _last_input: torch.Tensor | None = PrivateAttr(default=None)
     _last_product: tuple[torch.Tensor, torch.Tensor] | None = PrivateAttr(default=None)
-    _progress: tqdm | None = PrivateAttr(default=None)
+    _progress: object = PrivateAttr(default=None)
     _solve_seconds: float = PrivateAttr(default=0.0)
 
     @property
@@ -64,7 +65,7 @@ class SharedInputGPTQModifier(GPTQModifier):
 
     def on_calibration_start(self, state, event, **kwargs):
         super().on_calibration_start(state, event, **kwargs)
-        self._progress = tqdm(total=len(self._module_names), desc="GPTQ", unit="linear")
+        self._progress = console.bar(total=len(self._module_names), desc="GPTQ", unit="linear")
 
     def on_sequential_epoch_end(self, state, event, modules, **kwargs):
         self._last_input = self._last_product = None

@@ -97,8 +97,9 @@ def version_of(client, model_name: str, version: str):
                             "or name a version number")
 
 
-def checked_files(client, model_name: str, version: str):
-    """The version, and the files its package would hold, every check passed; nothing written."""
+def checked_files(client, model_name: str, version: str, against_grader: bool = True):
+    """The version, the files its package would hold, and how the grader's stack read them; every check
+    passed (the grader's last: it starts a process of that stack); nothing written."""
     chosen = version_of(client, model_name, version)
     tied = (chosen.tags or {}).get("tied_with")
     if tied:
@@ -112,7 +113,41 @@ def checked_files(client, model_name: str, version: str):
             os.symlink(path, package / path.name)
         if problems := check(package):
             raise ExatrackError(f"version {chosen.version} is not a complete model: {'; '.join(problems)}")
-    return chosen, files
+        checked = read_by_grader(package, source_of(client, chosen)) if against_grader else None
+    return chosen, files, checked
+
+
+def source_of(client, chosen) -> Path | None:
+    """The uncompressed model the version derives from, whose tokenizer the package must keep; None
+    where this machine cannot reach it (a hub model never downloaded here)."""
+    source = client.get_run(chosen.run_id).data.tags.get(models.SOURCE_MODEL)
+    try:
+        return models.locate(source).folder if source else None
+    except ExatrackError as err:
+        log.warning("the grader check cannot compare the tokenizer with the source model %s: %s", source, err.message)
+        return None
+
+
+def read_by_grader(package: Path, source: Path | None) -> dict:
+    """The grader check's record: the stack, what it read, and every difference from exatrack's reading."""
+    from exatrack import grader
+
+    stack, (report,) = grader.check([package], [source])
+    return {"stack": stack, "capability": grader.CAPABILITY, "source": str(source), "problems": report.problems,
+            "read": report.read}
+
+
+def refuse_unfaithful(version: str, checked: dict) -> None:
+    if problems := checked["problems"]:
+        more = f" (and {len(problems) - 1} more, in grader_check.json)" if len(problems) > 1 else ""
+        raise ExatrackError(f"version {version} is not the model exatrack measured under the grader's stack "
+                            f"(vLLM {checked['stack']['vllm']}): {problems[0]}{more}; re-create the checkpoint "
+                            "with this exatrack, or promote with --grader_check false at your own risk")
+
+
+def stack_name(checked: dict) -> str:
+    stack = checked["stack"]
+    return f"vllm {stack['vllm']}, transformers {stack['transformers']}, compressed-tensors {stack['compressed-tensors']}"
 
 
 def check_out(out: Path) -> None:
@@ -130,9 +165,11 @@ def check_out(out: Path) -> None:
 
 
 def promote(version: str = CHAMPION, model_name: str = REGISTERED_MODEL, out: str = "submit.zip",
-            verify: str = "files", parent_run_id: str | None = None, dry_run: bool = False) -> Path | list[Path]:
-    """Build submit.zip from a version and point `submission` at it. `dry_run` checks and returns the
-    files the package would hold: no run, no zip, no alias moved."""
+            verify: str = "files", parent_run_id: str | None = None, dry_run: bool = False,
+            grader_check: bool = True) -> Path | list[Path]:
+    """Build submit.zip from a version and point `submission` at it, once the grader's stack reads the
+    package as the model exatrack measured (grader.py). `dry_run` checks and returns the files the
+    package would hold: no run, no zip, no alias moved."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -141,10 +178,19 @@ def promote(version: str = CHAMPION, model_name: str = REGISTERED_MODEL, out: st
     client, zip_path = MlflowClient(), Path(out).resolve()
     check_out(zip_path)
     if dry_run:
-        return checked_files(client, model_name, version)[1]
+        chosen, files, checked = checked_files(client, model_name, version, grader_check)
+        if checked:
+            refuse_unfaithful(chosen.version, checked)
+        return files
     with tracking.run("promote", run_name="promote", parent_run_id=parent_run_id):
-        chosen, files = checked_files(client, model_name, version)
-        mlflow.log_params({"registered_model": model_name, "version": chosen.version, "asked": version, "verify": verify})
+        chosen, files, checked = checked_files(client, model_name, version, grader_check)
+        mlflow.log_params({"registered_model": model_name, "version": chosen.version, "asked": version, "verify": verify,
+                           "grader_check": grader_check})
+        if checked:
+            mlflow.log_dict(checked, "grader_check.json")
+            verdict = "passed" if not checked["problems"] else f"refused: {checked['problems'][0]}"
+            mlflow.set_tags({"exatrack.grader_check": verdict[:5000], "exatrack.grader_stack": stack_name(checked)})
+            refuse_unfaithful(chosen.version, checked)
         if tied := (chosen.tags or {}).get("tied_with"):
             mlflow.set_tag("exatrack.tied_with", tied)
         if verify == "vllm":
@@ -158,5 +204,7 @@ def promote(version: str = CHAMPION, model_name: str = REGISTERED_MODEL, out: st
         mlflow.log_artifact(str(zip_path))
         mlflow.log_metric("submit_zip_mb", zip_path.stat().st_size / 2**20)
         client.set_registered_model_alias(model_name, SUBMISSION, chosen.version)
+        if checked:
+            client.set_model_version_tag(model_name, chosen.version, "grader_check", f"passed ({stack_name(checked)})")
         mlflow.set_tags({"exatrack.submission_version": chosen.version, "exatrack.source_run_id": chosen.run_id})
     return zip_path

@@ -13,15 +13,13 @@ that crashes leaves its run FAILED and the others go on; the pipeline then exits
 """
 
 import logging
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
-from tqdm.auto import tqdm
 
-from exatrack import (ExatrackError, checkpoint, digest, distill, evaluate, leaderboard, models, prune, quantize, recipes,
+from exatrack import (ExatrackError, checkpoint, console, digest, distill, evaluate, leaderboard, models, prune, quantize, recipes,
                       serving, sft, tracking)
 from exatrack.rank import log_board, rank
 from exatrack.registry import REGISTERED_MODEL
@@ -167,7 +165,7 @@ def make_lanes_in_turn(lanes: dict, base: str, calib: str | None, parent_id: str
     client, status, finals, started = MlflowClient(), {}, {}, time.monotonic()
     for i, (name, steps) in enumerate(lanes.items(), start=1):
         progress = f"lane {i}/{len(lanes)}: {name} ({' -> '.join(step for step, _ in steps)}){eta(started, i - 1, len(lanes))}"
-        tqdm.write(progress, file=sys.stderr)
+        console.say(progress)
         mlflow.set_tag("exatrack.progress", progress)
         try:
             run_id, reused = make_lane(client, experiment_id, name, steps, base, calib, parent_id, force)
@@ -184,7 +182,8 @@ def failure(err: BaseException) -> str:
 
 def pipeline(model: str, lanes_file: str, settings, only: str | None = None, calib: str | None = None,
              force: bool = False, model_name: str = REGISTERED_MODEL, out: str = "submit.zip",
-             verify: str = "files", workers: int = 0, ray_address: str | None = None) -> Outcome:
+             verify: str = "files", workers: int = 0, ray_address: str | None = None,
+             grader_check: bool = True) -> Outcome:
     """`workers` (or `ray_address`) fans the lanes' steps out over Ray (ray_lanes.py); else in turn."""
     import mlflow
     from mlflow import MlflowClient
@@ -202,6 +201,7 @@ def pipeline(model: str, lanes_file: str, settings, only: str | None = None, cal
     with tracking.run("pipeline", run_name=f"pipeline {Path(lanes_file).stem}") as parent:
         parent_id, experiment = parent.info.run_id, parent.info.experiment_id
         mlflow.log_params({"model": model, "lanes": lanes_file, "only": only or "all", "force": force,
+                           "grader_check": grader_check,
                            "workers": workers if fan_out else 1, "ray_address": ray_address or "none",
                            **{f"eval.{k}": v for k, v in asdict(settings).items()}})
         base = models.resolve(model)
@@ -209,6 +209,8 @@ def pipeline(model: str, lanes_file: str, settings, only: str | None = None, cal
             finals, status = ray_lanes.make_lanes(lanes, model, calib, parent_id, experiment, force, workers, ray_address)
         else:
             finals, status = make_lanes_in_turn(lanes, model, calib, parent_id, experiment, force)
+        if grader_check and finals:
+            check_for_grader(finals, status, base)
         to_evaluate = {}
         for name, ref in finals.items():
             done = None if force else find_finished(client, experiment, evaluate.INPUTS, evaluate.inputs_hash(ref, settings))
@@ -231,9 +233,32 @@ def pipeline(model: str, lanes_file: str, settings, only: str | None = None, cal
         ours = set(finals.values())
         submission = None
         if board.champion and board.leader.checkpoint_run and checkpoint.uri(board.leader.checkpoint_run) in ours:
-            submission = promote(model_name=model_name, out=out, verify=verify, parent_run_id=parent_id)
+            submission = promote(model_name=model_name, out=out, verify=verify, parent_run_id=parent_id,
+                                 grader_check=grader_check)
         log_board(board)
     return Outcome(status, board, submission)
+
+
+def check_for_grader(finals: dict, status: dict, base) -> None:
+    """Every lane's checkpoint read by the grader's stack (its files: config, quantization schemes,
+    tokenizer) before any engine starts: a lane the grader would read as another model fails now, not
+    after its evaluation. `promote` checks the package again, logits included."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from exatrack import grader
+
+    client, lanes = MlflowClient(), {name: models.resolve(ref) for name, ref in finals.items()}
+    stack, reports = grader.check([m.folder for m in lanes.values()], [base.folder] * len(lanes), logits=False)
+    for (name, model), report in zip(lanes.items(), reports):
+        client.set_tag(model.run_id, "exatrack.grader_check", "passed" if report.passed else f"refused: {report.problems[0]}"[:5000])
+        if not report.passed:
+            status[name] = f"failed: the grader's stack (vLLM {stack['vllm']}) reads it as another model: {report.problems[0]}"
+            finals.pop(name)
+    passed = sum(r.passed for r in reports)
+    console.say(f"grader check: {passed} of {len(reports)} lane checkpoints read alike by vLLM {stack['vllm']}, "
+                f"transformers {stack['transformers']}, compressed-tensors {stack['compressed-tensors']}")
+    mlflow.set_tag("exatrack.grader_check", f"{passed}/{len(reports)} lanes passed")
 
 
 def eta(started: float, done: int, total: int) -> str:

@@ -18,13 +18,10 @@ lane's SpeedNorm against the base measured on the same GPU at the same time.
 import logging
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
-from exatrack import ExatrackError, checkpoint, tracking
+from exatrack import ExatrackError, checkpoint, console, tracking
 
 log = logging.getLogger(__name__)
 WHERE = "exatrack.worker"  # tag on a step's run: the host and GPU its Ray task ran on
@@ -152,7 +149,7 @@ def wait(ray, lanes: dict, refs: dict, last: dict, parent_id: str, stop: Interru
 
     client, finals, status = MlflowClient(), {}, {}
     pending, started = list(refs.values()), time.monotonic()
-    with tqdm(total=len(pending), desc="steps", unit="step", file=sys.stderr) as bar:
+    with console.bar(total=len(pending), desc="steps", unit="step") as bar:
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
             if stop.asked:
@@ -164,10 +161,10 @@ def wait(ray, lanes: dict, refs: dict, last: dict, parent_id: str, stop: Interru
                 try:
                     finals[name], reused, where = ray.get(last[name])
                     status[name] = "reused" if reused else "done"
-                    tqdm.write(f"lane {name}: {status[name]} (last step on {where})", file=sys.stderr)
+                    console.say(f"lane {name}: {status[name]} (last step on {where})")
                 except Exception as err:  # the lane's own step, or one before it that it waited on, failed
                     status[name] = lane_failure(err)
-                    tqdm.write(f"lane {name}: {status[name]}", file=sys.stderr)
+                    console.say(f"lane {name}: {status[name]}")
                 client.set_tag(parent_id, f"lane.{name}", status[name][:250])
             left = (time.monotonic() - started) / bar.n * len(pending) if bar.n else 0
             client.set_tag(parent_id, "exatrack.progress", f"{bar.n}/{bar.total} steps done, {len(status)}/{len(lanes)} "

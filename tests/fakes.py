@@ -16,7 +16,7 @@ class RecordedSession:
         self.kv_cache_used = kv_cache_used  # None: what was asked
         self.requests, self.models = [], []
 
-    def __call__(self, request: dict, what: str) -> dict:
+    def __call__(self, request: dict, what: str, **_) -> dict:
         self.requests.append(request)
         self.models += [m["path"] for m in request["models"]]
         info, speed = {}, {}
@@ -39,7 +39,8 @@ class RecordedSession:
                           for s, j in zip(starts, jitter)]
                 benchmarks[name][m["name"]] = {"answers": [["정답: B"] * t for t in turns], "tokens": [[3] * t for t in turns],
                                                "chunks": chunks, "clock": "engine"}
-        return {"vllm_version": "recorded", "device": "recorded device", "models": info, "benchmarks": benchmarks}
+        return {"vllm_version": "recorded", "stack": {"vllm": "recorded", "transformers": "recorded"},
+                "device": "recorded device", "models": info, "benchmarks": benchmarks}
 
 
 if __name__ == "__main__":  # the exatrack command line with a recorded session standing in for vLLM: tests of real processes

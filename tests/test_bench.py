@@ -265,7 +265,7 @@ def test_a_changed_benchmark_version_or_judge_prompt_changes_the_fingerprint(mon
 
     settings = Settings(benchmarks="kmmlu_pro,komt_bench", data="sample")
     rows = {"kmmlu_pro": [{"question": "q", "options": ["a", "b"], "solution": "1"}], "komt_bench": []}
-    response = {"vllm_version": "v", "device": "d"}
+    response = {"vllm_version": "v", "stack": {"vllm": "v", "transformers": "5.19.0"}, "device": "d"}
     monkeypatch.setenv("EXATRACK_JUDGE_URL", "https://user:secret@judge.example/v1")
     monkeypatch.setenv("EXATRACK_JUDGE_MODEL", "gpt-4o")
     before = evaluate.fingerprint(settings, rows, response, 4096)
@@ -276,8 +276,10 @@ def test_a_changed_benchmark_version_or_judge_prompt_changes_the_fingerprint(mon
     prompts.write_text(komt.prompts_file().read_text(encoding="utf-8").replace("공정한", "엄격한"), encoding="utf-8")
     monkeypatch.setenv("EXATRACK_JUDGE_PROMPTS", str(prompts))
     reprompted = evaluate.fingerprint(settings, rows, response, 4096)
-    ids = {evaluate.fingerprint_id(f) for f in (before, bumped, reprompted)}
-    assert len(ids) == 3
+    # the same vLLM beside another transformers reads a checkpoint as another model (the grader's RoPE base)
+    restacked = evaluate.fingerprint(settings, rows, {**response, "stack": {"vllm": "v", "transformers": "4.57.6"}}, 4096)
+    ids = {evaluate.fingerprint_id(f) for f in (before, bumped, reprompted, restacked)}
+    assert len(ids) == 4
 
 
 def test_serving_failure_names_the_engines_first_exception_not_its_death():

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import mlflow
@@ -22,7 +23,7 @@ def last_run():
     return mlflow.search_runs(search_all_experiments=True, output_format="list", max_results=1)[0]
 
 
-UTILITIES = {"recipes", "serving-env", "leaderboard"}  # they track nothing, so they are no entry points
+UTILITIES = {"recipes", "serving-env", "grader-env", "leaderboard"}  # they track nothing, so they are no entry points
 
 
 def test_mlproject_entry_points_mirror_cli_commands_one_to_one():
@@ -42,7 +43,8 @@ def test_mlproject_entry_points_mirror_cli_commands_one_to_one():
 def test_mlflow_run_quantize_entry_point(tiny_model, tmp_path):
     """The headline: `mlflow run . -e quantize -P model=tiny -P damp=0.02 --env-manager local`."""
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
-    cmd = ["mlflow", "run", str(REPO), "-e", "quantize", "-P", "model=tiny", "-P", "damp=0.02", "--env-manager", "local"]
+    cmd = ["mlflow", "run", str(REPO), "-e", "quantize", "-P", "model=tiny", "-P", "damp=0.02", "-P", "num_samples=8",
+           "-P", "max_seq_len=64", "--env-manager", "local"]
     done = subprocess.run(cmd, cwd=os.getcwd(), env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     run = last_run()
@@ -100,7 +102,8 @@ def test_leaderboard_is_read_only_and_promote_dry_run_changes_nothing(tiny_model
     lanes = tmp_path / "lanes.yaml"
     lanes.write_text(json.dumps({"lanes": {"w8a8": {"recipe": "w8a8", "num_samples": 8, "max_seq_len": 64}}}))
     args = ["--experiment", "cli-board", "pipeline", "--model", "tiny", "--lanes", str(lanes), "--data", "sample",
-            "--benchmarks", "kmmlu_redux", "--registered_model", "EXAONE-cli-board", "--out", str(tmp_path / "a.zip")]
+            "--benchmarks", "kmmlu_redux", "--registered_model", "EXAONE-cli-board", "--out", str(tmp_path / "a.zip"),
+            "--grader_check", "false"]  # the dry run below checks against the grader's stack
     assert CliRunner().invoke(main, args).exit_code == 0
     client = MlflowClient()
     experiment = mlflow.get_experiment_by_name("cli-board").experiment_id
@@ -125,3 +128,18 @@ def test_boolean_options_work_as_flags_and_take_the_values_mlproject_passes():
     for args, expected in (([], "False hub"), (["--eager"], "True hub"), (["--eager", "false"], "False hub"),
                            (["--eager", "true", "--data", "x"], "True x"), (["--eager", "--data", "x"], "True x")):
         assert CliRunner().invoke(probe, args).output.strip() == expected, args
+
+
+def test_read_only_commands_leave_the_folder_and_the_temp_folder_as_they_were(tmp_path):
+    """`exatrack quantize --help` used to create mlflow.db (and take 10 s migrating it)."""
+    work, temp = tmp_path / "work", tmp_path / "tmp"
+    work.mkdir()
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    exatrack = str(Path(sys.executable).with_name("exatrack"))
+    for args in (["--help"], ["--version"], ["recipes"], ["quantize", "--help"], ["pipeline", "--help"],
+                 ["--experiment", "x", "rank", "--help"]):
+        done = subprocess.run([exatrack, *args], cwd=work, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert not list(work.iterdir()) and not list(temp.iterdir()), args

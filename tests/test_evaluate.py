@@ -89,6 +89,9 @@ def test_the_base_logs_every_benchmark_speed_and_the_fingerprint(session, judge)
     conditions = json.loads(mlflow.artifacts.load_text(f"runs:/{base.info.run_id}/fingerprint.json"))
     assert conditions["benchmarks"]["kmmlu_pro"]["rows"] == 6 and conditions["generation"]["max_tokens"] == 48
     assert conditions["timing"] == {"chunks": 16, "repeats": 2}
+    served = subprocess.run([str(serving.python()), "-c", "import transformers, compressed_tensors as c; "
+                             "print(transformers.__version__, c.__version__)"], capture_output=True, text=True).stdout.split()
+    assert [conditions["stack"]["transformers"], conditions["stack"]["compressed-tensors"]] == served
 
 
 def test_every_chunk_was_timed_on_every_model_and_the_generation_time_is_their_sum(session):

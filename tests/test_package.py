@@ -34,6 +34,14 @@ def test_promote_builds_a_zip_of_model_files_and_moves_the_alias(registered, tmp
     assert config["quantization_config"]["format"] == "int-quantized"
     alias = MlflowClient().get_model_version_by_alias("EXAONE-package-test", "submission")
     assert alias.version == registered.version
+    # the grader check's record, on the promotion run and the version
+    run = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`exatrack.kind` = 'promote'",
+                             output_format="list", order_by=["attributes.start_time DESC"])[0]
+    assert run.data.tags["exatrack.grader_check"] == "passed"
+    assert run.data.tags["exatrack.grader_stack"].startswith("vllm 0.14.1, transformers 4.")
+    checked = json.loads(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/grader_check.json"))
+    assert checked["problems"] == [] and checked["read"]["quantization"]["format"] == "int-quantized"
+    assert alias.tags["grader_check"].startswith("passed (vllm 0.14.1")
 
 
 def test_check_rejects_an_incomplete_model_folder(registered, tmp_path):
@@ -73,3 +81,34 @@ def test_an_incomplete_version_is_never_promoted(tiny_model, tmp_path):
     assert not out.exists()
     with pytest.raises(Exception):
         client.get_model_version_by_alias("EXAONE-broken", "submission")
+
+
+@pytest.mark.parametrize("defect, says", [("rope", "RoPE: the grader's vLLM reads"),
+                                          ("actorder", "Must use group quantization strategy"),
+                                          ("tokenizer", "tokenizer: the grader's stack fails to read it")])
+def test_promote_refuses_a_package_the_grader_reads_as_another_model(registered, defect, says, tmp_path):
+    """As transformers 5 and llmcompressor 0.14 write them unmended: one line naming the defect, the run
+    FAILED, no zip, no alias moved."""
+    from click.testing import CliRunner
+
+    from exatrack.cli import main
+    from tests.test_bad_input import assert_one_error_line
+    from tests.test_grader import undo
+
+    folder = tmp_path / "checkpoint"
+    shutil.copytree(models.resolve(f"models:/EXAONE-package-test/{registered.version}").folder, folder)
+    undo(folder, defect)
+    client = MlflowClient()
+    with mlflow.start_run(tags={models.SOURCE_MODEL: "tiny"}) as run:
+        mlflow.log_artifacts(str(folder), "checkpoint")
+    name = f"EXAONE-unmended-{defect}"
+    client.create_registered_model(name)
+    version = client.create_model_version(name, source=f"{run.info.artifact_uri}/checkpoint", run_id=run.info.run_id)
+    out = tmp_path / "submit.zip"
+    result = CliRunner().invoke(main, ["promote", "--version", version.version, "--registered_model", name, "--out", str(out)])
+    assert result.exit_code != 0
+    assert_one_error_line(result.output, ("is not the model exatrack measured under the grader's stack", says))
+    assert not out.exists() and not client.get_model_version(name, version.version).aliases
+    promoted = client.search_runs([run.info.experiment_id], "tags.`exatrack.kind` = 'promote'",
+                                  order_by=["attributes.start_time DESC"])[0]
+    assert promoted.info.status == "FAILED" and promoted.data.tags["exatrack.grader_check"].startswith("refused: ")

@@ -14,9 +14,17 @@ from mlflow import MlflowClient
 
 from exatrack import ExatrackError, serving
 from exatrack.evaluate import Settings
-from exatrack.pipeline import load_lanes, pipeline
+from exatrack.pipeline import load_lanes
+from exatrack.pipeline import pipeline as run_pipeline
 from tests.conftest import REPO
 from tests.fakes import RecordedSession
+
+
+def pipeline(*args, **kwargs):
+    """A pipeline without the grader check: what is under test here is the orchestration (the check
+    has its own tests in test_grader and test_package, and `make demo` runs it whole)."""
+    return run_pipeline(*args, **{"grader_check": False, **kwargs})
+
 
 SMALL = {"num_samples": 8, "max_seq_len": 64}
 SETTINGS = Settings(benchmarks="kmmlu_redux", data="sample", max_tokens=16, eager=True, chunks=3)
@@ -82,7 +90,7 @@ def test_the_parent_run_groups_its_lanes_and_each_evaluation_nests_under_its_lan
 def test_an_evaluation_crash_leaves_the_checkpoint_run_finished_and_reusable(tiny_model, lanes_file, monkeypatch, tmp_path):
     mlflow.set_experiment("pipeline-crash")
 
-    def crash(request, what):
+    def crash(request, what, **_):
         raise ExatrackError("vLLM could not serve it: RuntimeError: simulated")
 
     monkeypatch.setattr(serving, "run_session", crash)
@@ -177,7 +185,8 @@ def test_chained_lanes_through_the_real_engine_are_scored_in_one_session(tiny_mo
     lanes = tmp_path / "lanes.yaml"
     lanes.write_text(json.dumps({"lanes": CHAINS}))
     settings = Settings(benchmarks="kmmlu_pro,kmmlu_redux", data="sample", max_tokens=24, eager=True)
-    done = pipeline("tiny", str(lanes), settings, out=str(tmp_path / "submit.zip"), model_name="EXAONE-pipeline-real")
+    done = pipeline("tiny", str(lanes), settings, out=str(tmp_path / "submit.zip"), model_name="EXAONE-pipeline-real",
+                    grader_check=True)
     assert done.lanes == {name: "done" for name in CHAINS}
     entries = {e.name: e for e in done.board.entries}
     sessions = {e.run.data.tags["exatrack.session"] for e in entries.values()}

@@ -12,10 +12,18 @@ import pytest
 from mlflow import MlflowClient
 
 from exatrack import serving
-from exatrack.pipeline import STEP_INPUTS, pipeline
+from exatrack.pipeline import STEP_INPUTS
+from exatrack.pipeline import pipeline as run_pipeline
 from tests.fakes import RecordedSession
 from tests.test_faults import EVALUATION, FAKE_VLLM, QUANTIZE, Folder
 from tests.test_pipeline import SETTINGS, SMALL
+
+
+def pipeline(*args, **kwargs):
+    """A pipeline without the grader check: what is under test here is the orchestration (the check
+    has its own tests in test_grader and test_package, and `make demo` runs it whole)."""
+    return run_pipeline(*args, **{"grader_check": False, **kwargs})
+
 
 pytest.importorskip("ray")
 LANES = {  # two lanes sharing their prune step, and one that fails

@@ -7,7 +7,7 @@ import logging
 import mlflow
 import pytest
 
-from exatrack import ExatrackError, evaluate, models, quantize, recipes, serving
+from exatrack import ExatrackError, environments, evaluate, models, quantize, recipes, serving
 from exatrack.evaluate import Settings
 from exatrack.pipeline import pipeline
 from tests.fakes import RecordedSession
@@ -83,11 +83,11 @@ def gpu_only_recipe(tmp_path):
     return path
 
 
-@pytest.mark.skipif(serving.has_gpu(), reason="checks the refusal on a machine without a GPU")
+@pytest.mark.skipif(environments.has_gpu(), reason="checks the refusal on a machine without a GPU")
 def test_a_recipe_needing_a_hopper_gpu_is_refused_before_any_engine_starts(tiny_model, gpu_only_recipe, tmp_path, monkeypatch):
     run_id = quantize.quantize("tiny", str(gpu_only_recipe), {})  # compressing is fine anywhere
     assert mlflow.get_run(run_id).data.tags["exatrack.requires.compute_capability"] == "9.0"
-    monkeypatch.setattr(serving, "run_session", lambda *a: pytest.fail("an engine was started"))
+    monkeypatch.setattr(serving, "run_session", lambda *a, **k: pytest.fail("an engine was started"))
     candidate = models.resolve(f"runs:/{run_id}/checkpoint")
     with pytest.raises(ExatrackError, match="needs a GPU of compute capability 9.0\\+ .* this machine has no GPU"):
         evaluate.evaluate(models.resolve("tiny"), [candidate], Settings(benchmarks="kmmlu_redux", data="sample"))

@@ -11,8 +11,15 @@ import pytest
 
 from exatrack import serving
 from exatrack.evaluate import Settings
-from exatrack.pipeline import pipeline
+from exatrack.pipeline import pipeline as run_pipeline
 from tests.fakes import RecordedSession
+
+
+def pipeline(*args, **kwargs):
+    """A pipeline without the grader check: what is under test here is the orchestration (the check
+    has its own tests in test_grader and test_package, and `make demo` runs it whole)."""
+    return run_pipeline(*args, **{"grader_check": False, **kwargs})
+
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")

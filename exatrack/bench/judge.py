@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from exatrack import cache_dir
+from exatrack import cache_dir, console
 
 # FastChat llm_judge (common.py), which KoMT-Bench forks: the FIRST [[N]] (re.search), else the first [N].
 RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
@@ -75,11 +75,9 @@ class Judge:
 
     def judge_all(self, requests: list[tuple[str, str]], what: str) -> list[str]:
         """Every (system, user) pair, `concurrency` at a time, with a progress bar; in order."""
-        from tqdm.auto import tqdm
-
         with ThreadPoolExecutor(self.concurrency) as pool:
             futures = [pool.submit(self.judge, system, user) for system, user in requests]
-            return [f.result() for f in tqdm(futures, desc=what, unit="judgment")]
+            return [f.result() for f in console.bar(futures, desc=what, unit="judgment")]
 
     def ask(self, system: str, user: str) -> str:
         import openai
