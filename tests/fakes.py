@@ -29,14 +29,14 @@ class RecordedSession:
         benchmarks = {}
         for name, spec in request["benchmarks"].items():
             count, size = len(spec["conversations"]), spec["chunk_size"]
-            starts = range(0, count, size)
-            jitter = [1 + rng.random() for _ in starts]
+            units = [(p, s) for p in range(request.get("passes", 1)) for s in range(0, count, size)]
+            jitter = [1 + rng.random() for _ in units]
             benchmarks[name] = {}
             for m in request["models"]:
                 turns = [len(c["turns"]) for c in spec["conversations"]]
-                chunks = [{"rows": [s, min(s + size, count)], "tokens": 3 * sum(turns[s:s + size]),
+                chunks = [{"rows": [s, min(s + size, count)], "pass": p, "tokens": 3 * sum(turns[s:s + size]),
                            "seconds": [speed[m["name"]] * 3 * sum(turns[s:s + size]) * j] * request["repeats"]}
-                          for s, j in zip(starts, jitter)]
+                          for (p, s), j in zip(units, jitter)]
                 benchmarks[name][m["name"]] = {"answers": [["정답: B"] * t for t in turns], "tokens": [[3] * t for t in turns],
                                                "chunks": chunks, "clock": "engine"}
         return {"vllm_version": "recorded", "stack": {"vllm": "recorded", "transformers": "recorded"},

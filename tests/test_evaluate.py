@@ -27,9 +27,11 @@ REDUX_ROWS = [
 ]
 
 
-def serving_vllm_version() -> str:
-    done = subprocess.run([str(serving.python()), "-c", "import vllm; print(vllm.__version__)"], capture_output=True, text=True)
-    return done.stdout.strip().splitlines()[-1]
+def serving_stack() -> list[str]:
+    """What this machine serves with, asked of the serving environment itself (one start of it)."""
+    done = subprocess.run([str(serving.python()), "-c", "import vllm, transformers, compressed_tensors as c; "
+                           "print(vllm.__version__, transformers.__version__, c.__version__)"], capture_output=True, text=True)
+    return done.stdout.strip().splitlines()[-1].split()
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,7 @@ def session(judge, tmp_path_factory):
     w8a8 = quantize.quantize("tiny", "w8a8", small)
     kv_fp8 = quantize.quantize("tiny", "w8a8_kv_fp8", small)
     refs = {"w8a8": f"runs:/{w8a8}/checkpoint", "twin": str(twin), "kv_fp8": f"runs:/{kv_fp8}/checkpoint"}
-    settings = Settings(data=f"sample,kmmlu_redux={redux}", max_tokens=48, eager=True, repeats=2)
+    settings = Settings(data=f"sample,kmmlu_redux={redux}", max_tokens=48, eager=True, passes=2, repeats=2)
     done = evaluate.evaluate(models.resolve("tiny"), [models.resolve(ref) for ref in refs.values()], settings)
     return {"done": done, "refs": refs, "quantize_run": w8a8, "redux": redux,
             "runs": {name: done.runs.get(ref) for name, ref in refs.items()}}
@@ -79,31 +81,37 @@ def test_the_base_logs_every_benchmark_speed_and_the_fingerprint(session, judge)
                 "ko_longrag.f1_multidoc", "komt_bench.score", "kmmlu_pro.unparsed"):
         assert key in m, key
     assert m["gen_tokens"] > 0 and m["gen_time_s"] > 0
+    # the engine's KV cache was held against what the grader's engine runs at once (tiny: it has room)
+    assert m["kv_cache_tokens"] >= m["kv_tokens_needed"] > 0 and tags["exatrack.kv_starved"] == "false"
     assert m["bench_sec_per_token"] == pytest.approx(m["gen_time_s"] / m["gen_tokens"])
     assert m["gen_tokens"] == sum(m[f"{b}.gen_tokens"] for b in BENCHMARKS)
     assert tags["exatrack.perf_benchmarks"] == ",".join(BENCHMARKS)
     assert m["perf"] == pytest.approx(sum(m[f"{b}.{REGISTRY[b].primary}"] for b in BENCHMARKS) / 4)
     assert m["komt_bench.score"] > 0 and len(judge.requests) >= 8  # the fake judge rated every turn
-    assert tags["exatrack.vllm_version"] == serving_vllm_version()  # whatever this machine serves with
+    served = serving_stack()  # whatever this machine serves with
+    assert tags["exatrack.vllm_version"] == served[0]
     assert tags["exatrack.device"] == device_name()
     conditions = json.loads(mlflow.artifacts.load_text(f"runs:/{base.info.run_id}/fingerprint.json"))
     assert conditions["benchmarks"]["kmmlu_pro"]["rows"] == 6 and conditions["generation"]["max_tokens"] == 48
-    assert conditions["timing"] == {"chunks": 16, "repeats": 2}
-    served = subprocess.run([str(serving.python()), "-c", "import transformers, compressed_tensors as c; "
-                             "print(transformers.__version__, c.__version__)"], capture_output=True, text=True).stdout.split()
-    assert [conditions["stack"]["transformers"], conditions["stack"]["compressed-tensors"]] == served
+    assert conditions["timing"] == {"pattern": "whole", "passes": 2, "repeats": 2}
+    assert [conditions["stack"]["transformers"], conditions["stack"]["compressed-tensors"]] == served[1:]
 
 
-def test_every_chunk_was_timed_on_every_model_and_the_generation_time_is_their_sum(session):
+def test_every_benchmark_was_timed_whole_in_every_pass_and_the_generation_time_is_a_pass(session):
+    """As the grader sends them: each benchmark whole, once per pass, on every model; a pass's time is
+    the mean over the passes, each counting its least disturbed repeat."""
     for name in ("base", "w8a8", "twin"):
         r = run(session, name)
         paired = json.loads(mlflow.artifacts.load_text(f"runs:/{r.info.run_id}/paired.json"))
         assert set(paired["chunks"]) == set(BENCHMARKS)
-        for bench, chunks in paired["chunks"].items():
-            assert all(len(c["seconds"]) == 2 for c in chunks)  # two timed repeats
-            fastest = sum(min(c["seconds"]) for c in chunks)  # a chunk counts its least disturbed repeat
+        for bench, units in paired["chunks"].items():
+            assert [u["pass"] for u in units] == [0, 1]
+            assert all(len(u["seconds"]) == 2 for u in units)  # two timed repeats
+            assert {tuple(u["rows"]) for u in units} == {(0, len(paired["items"][bench]) if bench != "komt_bench"
+                                                          else len(paired["items"][bench]) // 2)}
+            fastest = sum(min(u["seconds"]) for u in units) / 2  # a unit counts its least disturbed repeat
             assert r.data.metrics[f"{bench}.gen_time_s"] == pytest.approx(fastest)
-            assert r.data.metrics[f"{bench}.gen_tokens"] == sum(c["tokens"] for c in chunks)
+            assert r.data.metrics[f"{bench}.gen_tokens"] == pytest.approx(sum(u["tokens"] for u in units) / 2)
         assert len(paired["items"]["kmmlu_pro"]) == 6
 
 

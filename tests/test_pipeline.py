@@ -27,7 +27,7 @@ def pipeline(*args, **kwargs):
 
 
 SMALL = {"num_samples": 8, "max_seq_len": 64}
-SETTINGS = Settings(benchmarks="kmmlu_redux", data="sample", max_tokens=16, eager=True, chunks=3)
+SETTINGS = Settings(benchmarks="kmmlu_redux", data="sample", max_tokens=16, eager=True, pattern="chunks", chunks=3)
 
 
 @pytest.fixture

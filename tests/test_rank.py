@@ -14,7 +14,7 @@ from exatrack.rank import rank, record_official
 from exatrack.render import markdown, to_csv
 from tests.fakes import RecordedSession
 
-SETTINGS = Settings(benchmarks="kmmlu_pro,kmmlu_redux", data="sample", max_tokens=16, chunks=6)
+SETTINGS = Settings(benchmarks="kmmlu_pro,kmmlu_redux", data="sample", max_tokens=16, pattern="chunks", chunks=6)
 SMALL = {"num_samples": "8", "max_seq_len": "64"}
 
 

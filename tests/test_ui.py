@@ -35,7 +35,7 @@ def server(tiny_model, tmp_path_factory, mlflow_server):
         lanes = tmp_path_factory.mktemp("ui") / "lanes.yaml"
         lanes.write_text(json.dumps({"lanes": LANES}))
         mlflow.set_experiment("ui-test")
-        pipeline("tiny", str(lanes), Settings(benchmarks="kmmlu_pro,kmmlu_redux", data="sample", chunks=4),
+        pipeline("tiny", str(lanes), Settings(benchmarks="kmmlu_pro,kmmlu_redux", data="sample", pattern="chunks", chunks=4),
                  out=str(lanes.parent / "submit.zip"), model_name="EXAONE-ui-test")
     return mlflow_server, mlflow.get_experiment_by_name("ui-test").experiment_id
 
