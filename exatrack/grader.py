@@ -87,9 +87,10 @@ class Worker:
         self.response_file, self.log = folder / "response.json", folder / "grader.log"
         (folder / "request.json").write_text(json.dumps(request, ensure_ascii=False), encoding="utf-8")
         with open(self.log, "w") as out:
-            self.proc = subprocess.Popen([str(environments.python("grader")), str(WORKER), str(folder / "request.json"),
+            interpreter = environments.python("grader")
+            self.proc = subprocess.Popen([str(interpreter), str(WORKER), str(folder / "request.json"),
                                           str(self.response_file)], stdout=out, stderr=subprocess.STDOUT,
-                                         env=environments.child_env())
+                                         env=environments.child_env(interpreter))
 
     def response(self) -> dict:
         if self.proc.wait() != 0 or not self.response_file.exists():

@@ -121,8 +121,10 @@ def run_session(request: dict, what: str, log: Path | None = None, labels: dict 
         log = log or Path(tmp) / "serving.log"
         request_file.write_text(json.dumps(request, ensure_ascii=False), encoding="utf-8")
         events, progress_fd = os.pipe()
-        env = {**environments.child_env(), **({} if has_gpu() else CPU_IN_PROCESS), "EXATRACK_PROGRESS_FD": str(progress_fd)}
-        command = [str(python()), str(WORKER), str(request_file), str(response_file)]
+        interpreter = python()
+        env = {**environments.child_env(interpreter), **({} if has_gpu() else CPU_IN_PROCESS),
+               "EXATRACK_PROGRESS_FD": str(progress_fd)}
+        command = [str(interpreter), str(WORKER), str(request_file), str(response_file)]
         with open(log, "w", encoding="utf-8") as out:
             proc = subprocess.Popen(command, stdout=subprocess.PIPE if console.verbose() else out,
                                     stderr=subprocess.STDOUT, pass_fds=(progress_fd,), env=env, text=True,

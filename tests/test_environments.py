@@ -73,3 +73,14 @@ def test_a_user_spec_installs_as_given_first_package_through_pip(monkeypatch):
     chosen = environments.chosen("serving")
     assert chosen.steps == (("pip", ("torch==2.13.0",)), ("uv", ("vllm==0.26.0",))) and chosen.lock is None
     assert chosen.spec == "torch==2.13.0 vllm==0.26.0" and chosen.folder() != environments.SERVING_CPU.folder()
+
+
+def test_each_environments_vllm_keeps_its_own_cache(tmp_path, monkeypatch):
+    """The serving and the grader environments' vLLMs write the same modelinfos file names with their
+    own sources' hashes: shared, each start after the other's inspected the model class again."""
+    monkeypatch.delenv("VLLM_CACHE_ROOT", raising=False)
+    serving_env, grader_env = (environments.child_env(tmp_path / role / "bin" / "python") for role in ("serving", "grader"))
+    assert serving_env["VLLM_CACHE_ROOT"] != grader_env["VLLM_CACHE_ROOT"]
+    assert serving_env["VLLM_CACHE_ROOT"] == environments.child_env(tmp_path / "serving" / "bin" / "python")["VLLM_CACHE_ROOT"]
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "mine"))  # a user's own choice wins
+    assert environments.child_env(tmp_path / "serving" / "bin" / "python")["VLLM_CACHE_ROOT"] == str(tmp_path / "mine")
