@@ -2,6 +2,9 @@
 same parameter names; heavy libraries (torch, llmcompressor, vLLM) are imported inside the commands.
 """
 
+import signal
+import threading
+
 import click
 
 from exatrack import distill as distill_step
@@ -26,6 +29,12 @@ def option(name: str, **kwargs):
     return click.option(*sorted(spellings), name, callback=lambda ctx, param, value: None if value == "" else value, **kwargs)
 
 
+def interrupted(signum, frame):
+    """SIGTERM (a scheduler's, `kill`'s) ends a command as Ctrl-C does: its runs KILLED, its children
+    stopped, its temp folder removed, instead of the runs left RUNNING until the next command."""
+    raise KeyboardInterrupt
+
+
 class Command(click.Command):
     """Sets up what a command's work needs when it runs, after its options parsed, so that `--help`
     touches nothing: its own temp folder, its log (console.py), and the tracking store (made ready, the
@@ -41,6 +50,8 @@ class Command(click.Command):
 
         if self.name == "recipes":  # it only reads the package's files
             return super().invoke(ctx)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, interrupted)
         console.start(own_temp_folder(), verbose=os.environ.get("EXATRACK_VERBOSE", "") not in ("", "0", "false"))
         try:
             if self.name not in self.WITHOUT_STORE:

@@ -219,7 +219,7 @@ class Session:
             except BaseException as err:
                 message = str(getattr(err, "message", err))
                 for run_id in pending.values():
-                    end_failed(client, run_id, message)
+                    end_failed(client, run_id, message, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
                 if isinstance(err, ExatrackError) and log.exists():
                     where = tracking.artifact_location(opened["base"], "logs/serving.log")
                     raise ExatrackError(f"{message}; the engines' full log: {where}")
@@ -248,9 +248,11 @@ class Session:
         return client.create_run(tracking.use_experiment(), run_name=name, tags=tags).info.run_id
 
 
-def end_failed(client, run_id: str, why: str) -> None:
+def end_failed(client, run_id: str, why: str, status: str = "FAILED") -> None:
     client.set_tag(run_id, "exatrack.error", tracking.redact(why)[:5000])
-    client.set_terminated(run_id, "FAILED")
+    if status == "KILLED":
+        client.set_tag(run_id, tracking.ENDED, tracking.INTERRUPTED)
+    client.set_terminated(run_id, status)
 
 
 def description(model: Model, is_base: bool, lane: str | None) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from exatrack import evaluate
 from exatrack.bench import REGISTRY
 from exatrack.models import SOURCE_MODEL
+from exatrack.tracking import quoted
 from exatrack.score import Measured, Score, Unscorable, paired_score
 
 BASE_SCORE = 0.5  # the base against itself: PerfNorm 1, SpeedNorm 0
@@ -97,9 +98,9 @@ def load_measured(run) -> Measured:
 def evaluation_runs(client, experiment_id: str, fingerprint: str | None = None, source: str | None = None) -> list:
     query = f"attributes.status = 'FINISHED' and tags.`exatrack.kind` = 'evaluation' and tags.`{evaluate.FINGERPRINT}` LIKE '%'"
     if fingerprint:
-        query += f" and tags.`{evaluate.FINGERPRINT}` = '{fingerprint}'"
+        query += f" and tags.`{evaluate.FINGERPRINT}` = {quoted(fingerprint)}"
     if source:
-        query += f" and tags.`{SOURCE_MODEL}` = '{source}'"
+        query += f" and tags.`{SOURCE_MODEL}` = {quoted(source)}"
     return client.search_runs([experiment_id], query, max_results=5000, order_by=["attributes.start_time DESC"])
 
 

@@ -8,9 +8,10 @@ import os
 import shutil
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
-from exatrack import ExatrackError, models, tracking
+from exatrack import ExatrackError, models, processes, tracking
 from exatrack.registry import CHAMPION, REGISTERED_MODEL, SUBMISSION
 
 log = logging.getLogger(__name__)
@@ -69,20 +70,37 @@ def verify_with_vllm(folder: Path) -> str:
     return answer["answers"][0][0]
 
 
-def build_zip(files: list[Path], out: Path) -> None:
-    """Write to a name of this process's and rename, so a crash never leaves a half zip at `out`, two
-    commands promoting to one `out` at once never write into the same file, and a failed write leaves
-    no temporary one either."""
+@contextmanager
+def zip_aside(files: list[Path], out: Path):
+    """The zip written in a folder of this process's beside `out` and yielded, to be logged; it
+    replaces `out` only once the block succeeds. A crash, a full disk or a failed logging leaves the
+    previous `out` as it was; two commands promoting to one `out` never write into the same file."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f"{out.name}.{os.getpid()}.partial")
+    prefix = f".{out.name}."
+    for left in out.parent.glob(f"{prefix}exatrack-*"):  # what a killed promote left beside `out`
+        owner = processes.TEMP_FOLDER.match(left.name[len(prefix):].removesuffix(".partial"))
+        if owner and processes.gone(owner["host"], int(owner["pid"]), float(owner["started"])):
+            shutil.rmtree(left, ignore_errors=True)
+    host, pid, started = processes.me()
+    aside = out.with_name(f"{prefix}exatrack-{host}-{pid}-{started:.2f}.partial")
+    written = aside / out.name
     try:
-        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
-            for path in files:
-                archive.write(path, f"model/{path.name}")
-        partial.replace(out)
-    except OSError as err:
-        partial.unlink(missing_ok=True)
-        raise ExatrackError(f"--out {out} cannot be written ({err.strerror or err}); choose a folder you can write to")
+        try:
+            aside.mkdir(exist_ok=True)
+            with zipfile.ZipFile(written, "w", zipfile.ZIP_DEFLATED) as archive:
+                for path in files:
+                    archive.write(path, f"model/{path.name}")
+        except OSError as err:
+            raise ExatrackError(f"--out {out} cannot be written ({err.strerror or err}); the previous one, if any, "
+                                "is as it was; free space or choose a folder you can write to")
+        try:
+            yield written
+        except OSError as err:
+            raise ExatrackError(f"the submission could not be logged to the tracking store ({err.strerror or err}); "
+                                f"{out.name} is as it was; free space in the store and promote again")
+        written.replace(out)
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def version_of(client, model_name: str, version: str):
@@ -105,7 +123,15 @@ def checked_files(client, model_name: str, version: str, against_grader: bool = 
     if tied:
         log.warning("version %s is statistically tied with %s: the choice between them is inside the noise",
                     chosen.version, tied)
-    files = select_files(models.resolve(f"models:/{model_name}/{chosen.version}").folder)
+    if client.get_run(chosen.run_id).info.lifecycle_stage == "deleted":
+        raise ExatrackError(f"version {chosen.version} of {model_name} comes from run {chosen.run_id}, which was deleted; "
+                            "restore the run (mlflow runs restore) or promote another version")
+    folder = models.resolve(f"models:/{model_name}/{chosen.version}").folder
+    files = select_files(folder)
+    for path in files:  # a link out of the checkpoint would put its target (any file) into the package
+        if path.is_symlink() and not path.resolve().is_relative_to(folder.resolve()):
+            raise ExatrackError(f"version {chosen.version}: {path.name} is a link to {path.resolve()}, outside the "
+                                "checkpoint; a package holds the checkpoint's own files: put the file itself there")
     with tempfile.TemporaryDirectory() as tmp:
         package = Path(tmp) / "model"
         package.mkdir()
@@ -151,8 +177,13 @@ def stack_name(checked: dict) -> str:
 
 
 def check_out(out: Path) -> None:
-    """Refused before anything is built: a folder, or a place that cannot be written. The nearest folder
-    that exists is tried with a nameless temporary file, which root's permissions cannot fool."""
+    """Refused before anything is built: a link (it would be written through, wherever it points), a
+    read-only zip, a folder, or a place that cannot be written. The nearest folder that exists is tried
+    with a nameless temporary file, which root's permissions cannot fool."""
+    if out.is_symlink():
+        raise ExatrackError(f"--out {out} is a link to {out.resolve()}; name a plain file, e.g. submit.zip")
+    if out.is_file() and not out.stat().st_mode & 0o222:  # the mode, not os.access: root may write anything
+        raise ExatrackError(f"--out {out} is read-only; make it writable (chmod u+w) or choose another name")
     if out.is_dir():
         raise ExatrackError(f"--out {out} is a folder; name the zip file, e.g. {out / 'submit.zip'}")
     existing = next(folder for folder in out.parents if folder.exists())
@@ -175,8 +206,8 @@ def promote(version: str = CHAMPION, model_name: str = REGISTERED_MODEL, out: st
 
     if verify not in ("files", "vllm"):
         raise ExatrackError(f"verify={verify} is not one of files, vllm")
+    check_out(Path(out).absolute())
     client, zip_path = MlflowClient(), Path(out).resolve()
-    check_out(zip_path)
     if dry_run:
         chosen, files, checked = checked_files(client, model_name, version, grader_check)
         if checked:
@@ -200,9 +231,9 @@ def promote(version: str = CHAMPION, model_name: str = REGISTERED_MODEL, out: st
                 for path in files:
                     shutil.copy2(path, package / path.name)
                 mlflow.set_tag("exatrack.vllm_smoke_answer", verify_with_vllm(package)[:200])
-        build_zip(files, zip_path)
-        mlflow.log_artifact(str(zip_path))
-        mlflow.log_metric("submit_zip_mb", zip_path.stat().st_size / 2**20)
+        with zip_aside(files, zip_path) as written:
+            mlflow.log_artifact(str(written))
+            mlflow.log_metric("submit_zip_mb", written.stat().st_size / 2**20)
         client.set_registered_model_alias(model_name, SUBMISSION, chosen.version)
         if checked:
             client.set_model_version_tag(model_name, chosen.version, "grader_check", f"passed ({stack_name(checked)})")

@@ -120,9 +120,9 @@ def steps_of(name: str, spec, file: Path) -> list[tuple[str, dict]]:
 
 def find_finished(client, experiment_id: str, tag: str, value: str, under: str | None = None):
     """The newest finished run with this tag (of this pipeline only, when `under` names it)."""
-    query = f"attributes.status = 'FINISHED' and tags.`{tag}` = '{value}'"
+    query = f"attributes.status = 'FINISHED' and tags.`{tag}` = {tracking.quoted(value)}"
     if under:
-        query += f" and tags.`mlflow.parentRunId` = '{under}'"
+        query += f" and tags.`mlflow.parentRunId` = {tracking.quoted(under)}"
     runs = client.search_runs([experiment_id], query, max_results=1, order_by=["attributes.start_time DESC"])
     return runs[0] if runs else None
 

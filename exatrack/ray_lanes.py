@@ -116,7 +116,7 @@ def make_lanes(lanes: dict, base: str, calib: str | None, parent_id: str, experi
         for ref in refs.values():
             ray.cancel(ref, force=True)
         ray.shutdown()
-        end_left_running(parent_id, "KILLED", "stopped: the pipeline was interrupted")
+        end_left_running(parent_id, "KILLED", tracking.INTERRUPTED)
         raise
     finally:
         stop.restore()
@@ -187,7 +187,7 @@ def end_left_running(parent_id: str, status: str, why: str) -> None:
 
     client = MlflowClient()
     run = client.get_run(parent_id)
-    for child in client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}' "
+    for child in client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = {tracking.quoted(parent_id)} "
                                     "and attributes.status = 'RUNNING'"):
         client.set_tag(child.info.run_id, tracking.ENDED, why)
         client.set_terminated(child.info.run_id, status)

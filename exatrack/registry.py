@@ -11,9 +11,11 @@ SUBMISSION = "submission"
 
 def check_name(model_name: str) -> None:
     from exatrack import ExatrackError
+    from exatrack.tracking import quoted
 
     if not model_name.startswith("EXAONE"):
         raise ExatrackError(f"registered model name '{model_name}' must begin with 'EXAONE' (the EXAONE model licence)")
+    quoted(model_name)  # a name MLflow's search cannot find again is refused before any work
 
 
 def register_champion(client, board, model_name: str) -> str | None:
@@ -22,6 +24,7 @@ def register_champion(client, board, model_name: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
     from exatrack.leaderboard import BASE_SCORE
+    from exatrack.tracking import quoted
 
     leader = board.leader
     if leader is None or leader.score.score <= BASE_SCORE:
@@ -36,7 +39,7 @@ def register_champion(client, board, model_name: str) -> str | None:
     except MlflowException as err:  # there already, maybe made by a command ranking at the same moment
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    existing = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
+    existing = client.search_model_versions(f"name = {quoted(model_name)} and run_id = {quoted(run_id)}")
     s = leader.score
     tags = {"score": f"{s.score:.4f}", "score_ci": f"[{s.score_ci.low:.4f}, {s.score_ci.high:.4f}]",
             "fingerprint": board.fingerprint, "evaluation_run": leader.run.info.run_id,

@@ -10,7 +10,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from exatrack import ExatrackError, console, environments
+from exatrack import ExatrackError, console, environments, processes
 from exatrack.environments import has_gpu
 
 WORKER = Path(__file__).with_name("worker.py")
@@ -123,19 +123,23 @@ def run_session(request: dict, what: str, log: Path | None = None, labels: dict 
         events, progress_fd = os.pipe()
         interpreter = python()
         env = {**environments.child_env(interpreter), **({} if has_gpu() else CPU_IN_PROCESS),
-               "EXATRACK_PROGRESS_FD": str(progress_fd)}
+               **worker_temp(), "EXATRACK_PROGRESS_FD": str(progress_fd)}
         command = [str(interpreter), str(WORKER), str(request_file), str(response_file)]
         with open(log, "w", encoding="utf-8") as out:
             proc = subprocess.Popen(command, stdout=subprocess.PIPE if console.verbose() else out,
                                     stderr=subprocess.STDOUT, pass_fds=(progress_fd,), env=env, text=True,
-                                    errors="replace")
+                                    errors="replace", start_new_session=True, preexec_fn=processes.die_with_parent)
             os.close(progress_fd)
             echo = threading.Thread(target=tee, args=(proc.stdout, out), daemon=True) if proc.stdout else None
             if echo:
                 echo.start()
-            with os.fdopen(events, encoding="utf-8") as stream:
-                SessionProgress(request, labels or {}).follow(stream)
-            proc.wait()
+            try:
+                with os.fdopen(events, encoding="utf-8") as stream:
+                    SessionProgress(request, labels or {}).follow(stream)
+                proc.wait()
+            except BaseException:  # Ctrl-C, SIGTERM: the worker and its engines must not generate on
+                processes.stop_group(proc)
+                raise
             if echo:
                 echo.join()
         lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -145,6 +149,15 @@ def run_session(request: dict, what: str, log: Path | None = None, labels: dict 
         for name, cause in load_failures(lines).items():
             response["models"][name]["error"] = cause[:400]
         return response
+
+
+def worker_temp() -> dict:
+    """vLLM's files (its IPC sockets, torch's compile cache, gloo's rendezvous file) in this command's
+    own temp folder, removed when it ends, rather than left in the user's. A socket's path may not
+    pass 107 bytes and vLLM names one `<temp>/<uuid4>`: on a GPU, a deeper folder keeps the user's
+    temp. On CPU the engines run in the worker's process and open no socket."""
+    own = tempfile.gettempdir()
+    return {"TMPDIR": own} if not has_gpu() or len(own) + len("/") + 36 <= 107 else {}
 
 
 def tee(source, log) -> None:

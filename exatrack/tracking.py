@@ -25,6 +25,7 @@ URL_CREDENTIALS = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*:)(//[^/\s@]+|/[^/\s@:]
 # Tags naming the process that runs a run, so that a run left RUNNING by a killed process can be ended.
 HOST, PID, PID_STARTED = "exatrack.host", "exatrack.pid", "exatrack.pid_started"
 ENDED = "exatrack.ended"  # tag: why exatrack, not the run's own process, ended a run
+INTERRUPTED = "stopped: the command was interrupted (Ctrl-C or SIGTERM)"
 
 
 def git_commit() -> str | None:
@@ -97,7 +98,7 @@ def end_stale_runs() -> list[str]:
     client = MlflowClient()
     host, _, _ = processes.me()
     experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
-    running = client.search_runs(experiments, f"attributes.status = 'RUNNING' and tags.`{HOST}` = '{host}'",
+    running = client.search_runs(experiments, f"attributes.status = 'RUNNING' and tags.`{HOST}` = {quoted(host)}",
                                  max_results=1000)
     ended = []
     for run in running:
@@ -154,6 +155,18 @@ DESCRIPTIONS = {
 }
 
 
+
+def quoted(value: str) -> str:
+    """A value as an MLflow search filter reads it back: single-quoted, or double-quoted when it holds
+    a single quote (MLflow's filter grammar has no escapes: a backslash is matched as it is)."""
+    value = str(value)
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ExatrackError(f"{value!r} holds both quote characters, which MLflow's search cannot match; "
+                        "rename it without one of them")
+
 @contextmanager
 def run(kind: str, run_id: str | None = None, run_name: str | None = None, parent_run_id: str | None = None,
         tags: dict | None = None):
@@ -170,14 +183,19 @@ def run(kind: str, run_id: str | None = None, run_name: str | None = None, paren
     nested = mlflow.active_run() is not None
     with mlflow.start_run(run_id=run_id, run_name=run_name, tags=tags or None, nested=nested,
                           log_system_metrics=system_metrics()) as active:
+        interrupted = False
         try:
             yield active
         except BaseException as err:
             mlflow.set_tag("exatrack.error", redact(str(getattr(err, "message", err)))[:5000])
+            if interrupted := isinstance(err, KeyboardInterrupt):  # MLflow would call it FAILED
+                mlflow.set_tag(ENDED, INTERRUPTED)
             raise
         finally:
             if not nested and (log := console.log_path()) is not None:  # the command's run keeps its log
                 mlflow.log_artifact(str(log), "logs")
+            if interrupted:
+                mlflow.end_run("KILLED")
 
 
 def system_metrics() -> bool:

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import mlflow
 import pytest
@@ -131,6 +132,20 @@ CASES = [
          "/no/such/redux.jsonl does not exist", "pass an existing jsonl", id="data-file-missing"),
     case("evaluate --base tiny --benchmarks kmmlu_redux --data sample,kmmlu_redux={no_field_jsonl}",
          "has no 'question' field", "each row needs question", id="data-file-wrong-schema"),
+    # evaluate: a row's values, checked as the rows load (before any engine), not when scoring them
+    case("evaluate --base tiny --benchmarks kmmlu_redux --data sample,kmmlu_redux={solution_past_options_jsonl}",
+         "KMMLU-Redux row 0 from", "'solution' is '5'", "1 to 4", id="data-solution-past-the-options"),
+    case("evaluate --base tiny --benchmarks kmmlu_pro --data sample,kmmlu_pro={solution_letter_jsonl}",
+         "KMMLU-Pro row 0 from", "'solution' is 'B'", "1-based number of the right option", id="data-solution-a-letter"),
+    case("evaluate --base tiny --benchmarks kmmlu_redux --data sample,kmmlu_redux={options_string_jsonl}",
+         "'options' must be a list of 2 to 10", id="data-options-a-string"),
+    case("evaluate --base tiny --benchmarks ko_longrag --data sample,ko_longrag={template_without_context_jsonl}",
+         "Ko-LongRAG row 0 from", "template has no {context}", "would never reach the model",
+         id="data-template-without-context"),
+    case("evaluate --base tiny --benchmarks komt_bench --data sample,komt_bench={turns_string_jsonl}",
+         "KoMT-Bench row 0 from", "'turns' must be a list of 1 or 2 non-empty questions", id="data-turns-a-string"),
+    case("evaluate --base tiny --benchmarks komt_bench --data sample,komt_bench={shared_question_id_jsonl}",
+         "rows 0 and 1 share question_id 7", "each question needs its own", id="data-question-id-twice"),
     case("evaluate --model runs:/0123456789abcdef0123456789abcdef/checkpoint", "no run 0123456789abcdef",
          "check the run id", id="evaluate-fake-run-id"),
     case("evaluate --model runs:/{no_checkpoint}/checkpoint", "holds no config.json", "runs:/<id>/checkpoint",
@@ -158,6 +173,12 @@ CASES = [
          id="promote-out-unwritable"),
     case("promote --out {empty_jsonl}/submit.zip", "cannot be written", "choose a folder you can write to",
          id="promote-out-under-a-file"),
+    case("promote --out {link_zip}", "is a link to", "name a plain file", id="promote-out-is-a-link"),
+    case("promote --out {readonly_zip}", "is read-only", "chmod u+w", id="promote-out-read-only"),
+    case("promote --registered_model EXAONE-linked --version 1 --grader_check false", "tokenizer.json is a link to",
+         "outside the checkpoint", "put the file itself there", run=True, id="promote-checkpoint-links-outside"),
+    case("promote --registered_model EXAONE-deleted-run --version 1", "which was deleted", "restore the run",
+         run=True, id="promote-version-of-a-deleted-run"),
     case("promote --verify maybe", "'maybe' is not one of 'files', 'vllm'", id="promote-verify-not-a-choice"),
     # pipeline: the whole lanes file is checked before any run
     case("pipeline --lanes /no/such/lanes.yaml", "lanes file /no/such/lanes.yaml does not exist", "pass e.g. --lanes",
@@ -193,6 +214,10 @@ def recipe(modifier: str, argument: str) -> str:
             f"        targets: [Linear]\n        scheme: W8A8\n        ignore: [lm_head]\n        {argument}\n")
 
 
+def mcqa_row(**values) -> str:
+    return json.dumps({"question": "1 더하기 1은?", "options": ["1", "2", "3", "4"], "solution": "2", **values})
+
+
 @pytest.fixture(scope="module")
 def bad(tiny_model, tmp_path_factory) -> dict:
     """Broken inputs of every kind, and a store holding a run without a checkpoint and one registered version."""
@@ -221,6 +246,15 @@ def bad(tiny_model, tmp_path_factory) -> dict:
         "misspelt_modifier.yaml": recipe("GPTQModifer", "dampening_frac: 0.01"),
         "misspelt_argument.yaml": recipe("GPTQModifier", "dampening_fraq: 0.01"),
         "no_stage.yaml": recipe("GPTQModifier", "dampening_frac: 0.01").replace("quant_stage", "quant"),
+        # benchmark rows whose fields are there but whose values would be scored wrong, or crash scoring
+        "solution_past_options.jsonl": mcqa_row(solution="5") + "\n",
+        "solution_letter.jsonl": mcqa_row(solution="B") + "\n",
+        "options_string.jsonl": mcqa_row(options="1, 2, 3, 4") + "\n",
+        "template_without_context.jsonl": json.dumps({"prompt": "질문: {question}", "context": ["문서"], "question": "?",
+                                                      "answer": "답", "titles": ["t"], "task": "singledocQA"}) + "\n",
+        "turns_string.jsonl": json.dumps({"question_id": 1, "category": "writing", "turns": "한 문장"}) + "\n",
+        "shared_question_id.jsonl": "".join(json.dumps({"question_id": 7, "category": "writing", "turns": [q]}) + "\n"
+                                            for q in ("첫 질문", "둘째 질문")),
         "lanes_ok.yaml": {"lanes": {"fast": {"recipe": "w8a8"}}},
         "lanes_unknown_param.yaml": {"lanes": {"fast": {"recipe": "w8a8", "dampp": 0.1}}},
         "lanes_unknown_step.yaml": {"lanes": {"chain": {"steps": [{"prnue": {"drop": 1}}]}}},
@@ -247,6 +281,29 @@ def bad(tiny_model, tmp_path_factory) -> dict:
     client.create_registered_model("EXAONE-bad-input")
     source = f"{client.get_run(registered).info.artifact_uri}/checkpoint"
     client.create_model_version("EXAONE-bad-input", source, registered)
+    # a version whose checkpoint links out of itself, one whose run was deleted
+    (root / "secret.txt").write_text("not the model's\n")
+    linked = client.create_run(experiment).info.run_id
+    client.log_artifacts(linked, str(tiny_model), "checkpoint")
+    client.set_terminated(linked)
+    in_store = Path(urlparse(client.get_run(linked).info.artifact_uri).path) / "checkpoint" / "tokenizer.json"
+    in_store.unlink()
+    in_store.symlink_to(root / "secret.txt")
+    client.create_registered_model("EXAONE-linked")
+    client.create_model_version("EXAONE-linked", f"{client.get_run(linked).info.artifact_uri}/checkpoint", linked)
+    deleted = client.create_run(experiment).info.run_id
+    client.log_artifacts(deleted, str(tiny_model), "checkpoint")
+    client.set_terminated(deleted)
+    client.create_registered_model("EXAONE-deleted-run")
+    client.create_model_version("EXAONE-deleted-run", f"{client.get_run(deleted).info.artifact_uri}/checkpoint", deleted)
+    client.delete_run(deleted)
+    # an --out that is a link to a file elsewhere, and one made read-only
+    (root / "elsewhere.zip").write_bytes(b"someone else's file")
+    paths["link_zip"] = root / "link.zip"
+    paths["link_zip"].symlink_to(root / "elsewhere.zip")
+    paths["readonly_zip"] = root / "readonly.zip"
+    paths["readonly_zip"].write_bytes(b"last week's submission")
+    paths["readonly_zip"].chmod(0o444)
     return {k: str(v) for k, v in paths.items()}
 
 

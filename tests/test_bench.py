@@ -164,6 +164,12 @@ def test_rating_parser_edge_cases_follow_fastchat(judgment):
     assert (ours if ours is not None else -1) == fastchat_rating(judgment)
 
 
+@pytest.mark.parametrize("judgment", ["점수: [[11]]", "점수: [[0]]", "[[10.5]]", "점수: [42]"])
+def test_a_rating_off_the_1_to_10_scale_is_not_counted(judgment):
+    """FastChat would count [[11]] as 11 (Perf 1.1 for a perfect-looking model); it is no rating."""
+    assert parse_rating(judgment) is None
+
+
 def test_rating_takes_the_first_double_bracket_like_fastchat():
     assert parse_rating("처음엔 [[3]]이라 했지만 최종 점수: [[6]]") == 3
 

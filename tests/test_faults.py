@@ -16,12 +16,14 @@ from pathlib import Path
 
 import mlflow
 import psutil
+import pytest
 from mlflow import MlflowClient
 
-from exatrack import processes, tracking
+from exatrack import processes, serving, tracking
 from tests.conftest import REPO
 
 FAKE_VLLM = [sys.executable, str(REPO / "tests" / "fakes.py")]
+EXATRACK = [str(Path(sys.executable).parent / "exatrack")]
 SMALL = {"num_samples": 8, "max_seq_len": 64}
 LANES = {"pruned-fp8": {"steps": [{"prune": {"drop": 1, **SMALL}}, {"quantize": {"recipe": "fp8_dynamic"}}]},
          "fp8": {"recipe": "fp8_dynamic"},
@@ -136,3 +138,28 @@ def test_only_runs_of_gone_processes_of_this_host_are_ended():
         "gone": "KILLED", "live": "RUNNING", "elsewhere": "RUNNING"}
     for run_id in ids.values():
         client.set_terminated(run_id)
+
+
+def serving_workers() -> set[int]:
+    return {p.pid for p in psutil.process_iter(["cmdline"]) if str(serving.WORKER) in " ".join(p.info["cmdline"] or [])}
+
+
+@pytest.mark.vllm
+def test_sigterm_during_generation_stops_the_worker_and_its_engines_and_ends_the_run_killed(tiny_model, tmp_path):
+    """A scheduler's SIGTERM to `evaluate` while the real engine generates: the serving worker and the
+    engines it started end with it, and the run is KILLED, not left RUNNING for the next command."""
+    folder, before = Folder(tmp_path), serving_workers()
+    evaluate = folder.start(EXATRACK, "evaluate", "--model", "tiny", "--data", "sample", "--benchmarks", "kmmlu_redux",
+                            "--eager", "--passes", "500")  # generation outlasts the test's patience many times over
+    generating = lambda: any("conversations on" in log.read_text(errors="replace")  # noqa: E731
+                             for log in folder.temp.glob("exatrack-*/*/serving.log"))
+    folder.kill_when(evaluate, generating, sig=signal.SIGTERM)
+    assert evaluate.returncode != 0
+    deadline = time.monotonic() + 30
+    while serving_workers() - before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not serving_workers() - before
+    (run,) = folder.runs("tags.`exatrack.kind` = 'evaluation'")
+    assert run.info.status == "KILLED" and run.data.tags[tracking.ENDED] == tracking.INTERRUPTED
+    assert not folder.runs("attributes.status = 'RUNNING'")
+    assert not list(folder.temp.iterdir())  # the command's temp folder went with it

@@ -111,3 +111,25 @@ def test_promote_refuses_a_package_the_grader_reads_as_another_model(registered,
     promoted = client.search_runs([run.info.experiment_id], "tags.`exatrack.kind` = 'promote'",
                                   order_by=["attributes.start_time DESC"])[0]
     assert promoted.info.status == "FAILED" and promoted.data.tags["exatrack.grader_check"].startswith("refused: ")
+
+
+def test_a_promotion_failing_after_the_zip_was_written_keeps_the_previous_one(registered, tmp_path, monkeypatch):
+    """The store's disk full while the new zip is logged: the last submission stays as it was, the
+    alias does not move and nothing is left beside it."""
+    import errno
+
+    out = tmp_path / "submit.zip"
+    out.write_bytes(b"last week's submission")
+    client = MlflowClient()
+    before = [v.aliases for v in client.search_model_versions("name = 'EXAONE-package-test'")]
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(mlflow, "log_artifact", disk_full)
+    says = r"could not be logged to the tracking store \(No space left on device\); submit.zip is as it was"
+    with pytest.raises(ExatrackError, match=says):
+        promote(model_name="EXAONE-package-test", out=str(out), grader_check=False)
+    assert out.read_bytes() == b"last week's submission"
+    assert [p.name for p in tmp_path.iterdir()] == ["submit.zip"]
+    assert [v.aliases for v in client.search_model_versions("name = 'EXAONE-package-test'")] == before

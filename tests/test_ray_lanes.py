@@ -11,7 +11,7 @@ import psutil
 import pytest
 from mlflow import MlflowClient
 
-from exatrack import serving
+from exatrack import serving, tracking
 from exatrack.pipeline import STEP_INPUTS
 from exatrack.pipeline import pipeline as run_pipeline
 from tests.fakes import RecordedSession
@@ -98,7 +98,7 @@ def test_ctrl_c_stops_every_worker_and_leaves_no_run_running(tiny_model, tmp_pat
     assert proc.returncode != 0
     assert folder.runs("attributes.status = 'RUNNING'") == []
     stopped = folder.runs("attributes.status = 'KILLED'")
-    assert stopped and all(r.data.tags["exatrack.ended"] == "stopped: the pipeline was interrupted" for r in stopped)
+    assert stopped and all(r.data.tags["exatrack.ended"] == tracking.INTERRUPTED for r in stopped)
     deadline = time.monotonic() + 30
     while ray_workers() and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -53,9 +53,22 @@ class Benchmark:
                     f"{self.title} row {i} from {source} has no '{missing[0]}' field; "
                     f"each row needs {', '.join(self.fields)} (the hub schema of {self.hub_id})"
                 )
+            if problem := self.problem(row):
+                raise ExatrackError(f"{self.title} row {i} from {source}: {problem} (the hub schema of {self.hub_id})")
         if not rows:
             raise ExatrackError(f"{self.title} source {source} holds no rows")
+        if clash := self.clash(rows):
+            raise ExatrackError(f"{self.title} source {source}: {clash}")
         return rows
+
+    def problem(self, row: dict) -> str | None:
+        """What is wrong with a row's values, or None. Checked when the rows load, before any engine
+        starts: a bad value found by scoring would throw away every model's generation."""
+        return None
+
+    def clash(self, rows: list[dict]) -> str | None:
+        """What is wrong between rows (two with one id), or None; checked with `problem`."""
+        return None
 
     def from_hub(self) -> list[dict]:
         import datasets

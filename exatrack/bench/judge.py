@@ -32,10 +32,15 @@ class JudgeUnavailable(Exception):
     """The judge kept failing after every retry."""
 
 
+SCALE = (1.0, 10.0)  # what the judge prompts ask for ("strictly following this format: [[5]]", 1 to 10)
+
+
 def parse_rating(judgment: str) -> float | None:
-    """FastChat's rule; None where FastChat gives -1 (such judgments are left out of the mean)."""
+    """FastChat's rule; None where FastChat gives -1 (such judgments are left out of the mean). A
+    rating off the prompts' 1-10 scale is not one either: FastChat would count [[11]] as 11."""
     match = RATING.search(judgment) or RATING_BACKUP.search(judgment)
-    return float(match.group(1)) if match else None
+    rating = float(match.group(1)) if match else None
+    return rating if rating is not None and SCALE[0] <= rating <= SCALE[1] else None
 
 
 @dataclass

@@ -80,6 +80,23 @@ def penalized(rating: float, row: dict, answer: str) -> float:
 
 @dataclass
 class KoMTBench(Benchmark):
+    def problem(self, row):
+        turns = row["turns"]
+        if not isinstance(turns, list) or not 1 <= len(turns) <= 2 or not all(isinstance(t, str) and t.strip() for t in turns):
+            return f"'turns' must be a list of 1 or 2 non-empty questions, not {str(turns)[:60]!r}"
+        if "reference" in row and row["reference"] is not None and not isinstance(row["reference"], list):
+            return "'reference' must be a list of reference answers, one per turn"
+        return None
+
+    def clash(self, rows):
+        seen = {}
+        for i, row in enumerate(rows):
+            if row["question_id"] in seen:
+                return (f"rows {seen[row['question_id']]} and {i} share question_id {row['question_id']!r}; "
+                        "each question needs its own (answers are judged by it)")
+            seen[row["question_id"]] = i
+        return None
+
     def conversations(self, rows, greedy):
         sampling = lambda row: {} if greedy else {"temperature": TEMPERATURE.get(row["category"], 0.0)}  # noqa: E731
         return [{"turns": list(row["turns"]), "sampling": sampling(row)} for row in rows]

@@ -78,6 +78,14 @@ def golds(row: dict) -> list[str]:
 
 @dataclass
 class LongRAG(Benchmark):
+    def problem(self, row):
+        if not isinstance(row["prompt"], str):
+            return "'prompt' must be the template text"
+        for name in ("context", "question"):  # without them the model is asked about nothing
+            if "{" + name + "}" not in row["prompt"]:
+                return f"the 'prompt' template has no {{{name}}}, so the {name} would never reach the model"
+        return None  # an empty 'answer' is left alone: unanswerable questions (~17%) may be written so
+
     def conversations(self, rows, greedy):
         return [{"turns": [prompt(row)]} for row in rows]
 

@@ -67,6 +67,17 @@ def gold(row: dict) -> str:
 
 @dataclass
 class MultipleChoice(Benchmark):
+    def problem(self, row):
+        options = row["options"]
+        if not isinstance(options, list) or not 2 <= len(options) <= len(LETTERS) or \
+                not all(isinstance(o, (str, int, float)) and str(o).strip() for o in options):
+            return f"'options' must be a list of 2 to {len(LETTERS)} non-empty options, not {str(options)[:60]!r}"
+        solution = str(row["solution"]).strip()
+        if not solution.isdigit() or not 1 <= int(solution) <= len(options):
+            return (f"'solution' is {row['solution']!r}; it must be the 1-based number of the right option, "
+                    f"1 to {len(options)}")
+        return None
+
     def conversations(self, rows, greedy):
         return [{"turns": [prompt(row)]} for row in rows]
 
