@@ -6,9 +6,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FakeJudge:
-    def __init__(self, reply="간결하고 정확한 답변입니다. 점수: [[8]]", fail_first=0, always_fail=False, reasoning=False):
-        """reply: a string, or None for `content: null`; reasoning: refuse temperature/max_tokens with 400."""
+    def __init__(self, reply="간결하고 정확한 답변입니다. 점수: [[8]]", fail_first=0, always_fail=False, reasoning=False,
+                 status=None, page=None):
+        """reply: a string, or None for `content: null`; reasoning: refuse temperature/max_tokens with 400;
+        status: answer every request with this HTTP status; page: answer 200 with this HTML instead."""
         self.reply, self.fail_first, self.always_fail, self.reasoning = reply, fail_first, always_fail, reasoning
+        self.status, self.page = status, page
         self.requests, self.auth = [], set()
         judge = self
 
@@ -17,6 +20,14 @@ class FakeJudge:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 judge.requests.append(body)
                 judge.auth.add(self.headers.get("Authorization"))
+                if judge.status or judge.page:
+                    payload = (judge.page or '{"error": {"message": "denied"}}').encode()
+                    self.send_response(judge.status or 200)
+                    self.send_header("Content-Type", "text/html" if judge.page else "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
                 if judge.reasoning and ("temperature" in body or "max_tokens" in body):
                     payload = b'{"error": {"message": "Unsupported parameter: max_tokens", "type": "invalid_request_error"}}'
                     self.send_response(400)

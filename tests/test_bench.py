@@ -254,6 +254,39 @@ def test_an_empty_or_unparsable_judgment_is_not_cached(monkeypatch, tmp_path):
             server.close()
 
 
+@pytest.mark.parametrize("server, says", [
+    (dict(status=401), "refused the key (HTTP 401); check EXATRACK_JUDGE_API_KEY"),
+    (dict(status=403), "refused the key (HTTP 403); check EXATRACK_JUDGE_API_KEY"),
+    (dict(page="<html><body>Proxy login</body></html>"), "replied with no chat completion (a str); check that "
+                                                         "EXATRACK_JUDGE_URL is an OpenAI-compatible API"),
+], ids=["401", "403", "html-page"])
+def test_a_judge_failing_in_its_own_way_is_named_for_what_it_is(server, says, monkeypatch, tmp_path):
+    monkeypatch.setenv("EXATRACK_CACHE", str(tmp_path))
+    fake = FakeJudge(**server)
+    try:
+        with pytest.raises(JudgeUnavailable, match=re.escape(says)):
+            Judge(fake.url, "fake-judge", api_key="sk-wrong", retries=1).judge("s", "u")
+        assert len(fake.requests) == 1 and not (tmp_path / "judgments").exists()  # not retried, not cached
+    finally:
+        fake.close()
+
+
+def test_a_damaged_cache_entry_is_asked_again_and_rewritten_whole(monkeypatch, tmp_path):
+    monkeypatch.setenv("EXATRACK_CACHE", str(tmp_path))
+    fake = FakeJudge()
+    try:
+        judge = Judge(fake.url, "fake-judge", retries=0)
+        entry = judge.cache_file("s", "u")
+        entry.parent.mkdir(parents=True)
+        entry.write_text('{"model": "fake-judge", "judgm')  # a write cut short
+        assert parse_rating(judge.judge("s", "u")) == 8 and len(fake.requests) == 1
+        assert parse_rating(json.loads(entry.read_text())["judgment"]) == 8
+        assert [p.name for p in entry.parent.iterdir()] == [entry.name]  # nothing written aside is left
+        assert parse_rating(judge.judge("s", "u")) == 8 and len(fake.requests) == 1  # from the cache now
+    finally:
+        fake.close()
+
+
 def test_a_reasoning_judge_refusing_sampling_parameters_is_asked_without_them(monkeypatch, tmp_path):
     monkeypatch.setenv("EXATRACK_CACHE", str(tmp_path))
     server = FakeJudge(reasoning=True)

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,12 +71,18 @@ class Judge:
 
     def judge(self, system: str, user: str) -> str:
         cached = self.cache_file(system, user)
-        if cached.exists():
-            return json.loads(cached.read_text(encoding="utf-8"))["judgment"]
+        try:
+            judgment = json.loads(cached.read_text(encoding="utf-8"))["judgment"]
+            if isinstance(judgment, str) and parse_rating(judgment) is not None:
+                return judgment
+        except (OSError, ValueError, KeyError, TypeError):  # none yet, or damaged: asked again, rewritten
+            pass
         judgment = self.ask(system, user)
-        if parse_rating(judgment) is not None:
+        if parse_rating(judgment) is not None:  # written aside and renamed: a killed write leaves no half entry
             cached.parent.mkdir(parents=True, exist_ok=True)
-            cached.write_text(json.dumps({"model": self.model, "judgment": judgment}, ensure_ascii=False), encoding="utf-8")
+            aside = cached.with_name(f"{cached.name}.{os.getpid()}.{threading.get_ident()}.partial")
+            aside.write_text(json.dumps({"model": self.model, "judgment": judgment}, ensure_ascii=False), encoding="utf-8")
+            aside.replace(cached)
         return judgment
 
     def judge_all(self, requests: list[tuple[str, str]], what: str) -> list[str]:
@@ -97,12 +104,19 @@ class Judge:
             except openai.BadRequestError:  # reasoning models refuse temperature and max_tokens
                 reply = client.chat.completions.create(model=self.model, messages=messages)
         except openai.APIStatusError as err:
+            if err.status_code in (401, 403):
+                raise JudgeUnavailable(f"judge {self.model} at {self.host} refused the key (HTTP {err.status_code}); "
+                                       "check EXATRACK_JUDGE_API_KEY")
             raise JudgeUnavailable(f"judge {self.model} at {self.host} failed after {self.retries + 1} tries "
                                    f"(HTTP {err.status_code})")
         except openai.APIError as err:
             raise JudgeUnavailable(f"judge {self.model} at {self.host} failed after {self.retries + 1} tries "
                                    f"({type(err).__name__})")
-        content = reply.choices[0].message.content if reply.choices else None
-        if content is None:
+        try:
+            content = reply.choices[0].message.content if reply.choices else None
+        except (AttributeError, IndexError, TypeError):  # a proxy's HTML page, or JSON of another shape
+            raise JudgeUnavailable(f"judge {self.model} at {self.host} replied with no chat completion "
+                                   f"(a {type(reply).__name__}); check that EXATRACK_JUDGE_URL is an OpenAI-compatible API")
+        if not isinstance(content, str):
             raise JudgeUnavailable(f"judge {self.model} at {self.host} replied with no content")
         return content
