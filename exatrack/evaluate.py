@@ -58,6 +58,17 @@ class Settings:
                 raise ExatrackError(f"{name}={getattr(self, name)} is out of range; it must be at least {low}")
         if self.pattern not in PATTERNS:
             raise ExatrackError(f"pattern={self.pattern} is not one of {', '.join(PATTERNS)}")
+        if self.kv_cache_dtype not in serving.GRADER_KV_CACHE_DTYPES:
+            raise ExatrackError(f"kv_cache_dtype={self.kv_cache_dtype} is not one the grader's vLLM 0.14.1 takes; "
+                                f"use one of {', '.join(serving.GRADER_KV_CACHE_DTYPES)}")
+
+    def check_models(self, models: list[Model]) -> None:
+        """What each model's own config bounds, before any engine starts."""
+        for model in models:
+            longest = model.config().get("max_position_embeddings")
+            if self.max_model_len and longest and self.max_model_len > longest:
+                raise ExatrackError(f"max_model_len={self.max_model_len} is past {model.ref}'s {longest} tokens "
+                                    f"(max_position_embeddings); use at most {longest}, or 0 for the model's own")
 
     def timing(self) -> dict:
         """What the timed quantity is: part of the fingerprint, since the batches a benchmark is sent in
@@ -141,6 +152,7 @@ def evaluate(base: Model, candidates: list[Model], settings: Settings, parent_ru
              lanes: dict | None = None) -> Evaluated:
     """The base and the candidates in sessions of at most `settings.group` models, the base in each."""
     settings.check()
+    settings.check_models([base, *candidates])
     for model in candidates:
         serving.check_requirements(model.requires, model.ref)
     names, sources = settings.names(), settings.sources()
@@ -206,6 +218,7 @@ class Session:
                     if log.exists():
                         for run_id in opened.values():
                             client.log_artifact(run_id, str(log), "logs")
+                keep_answers(client, opened, response)
                 if error := response["models"]["base"].get("error"):
                     raise ExatrackError(f"vLLM could not serve the base {self.models['base'].ref}: {error}")
                 failed = {}
@@ -246,6 +259,15 @@ class Session:
             tags["mlflow.source.git.commit"] = commit
         name = f"eval {'base' if key == 'base' else lane or model.ref}"
         return client.create_run(tracking.use_experiment(), run_name=name, tags=tags).info.run_id
+
+
+def keep_answers(client, opened: dict, response: dict) -> None:
+    """Every model's answers and timings, as the engine returned them, on its run before anything is
+    scored: a scoring failure (a judge, a bad row) then loses no generation (answers.json)."""
+    for key, run_id in opened.items():
+        generated = {name: bench[key] for name, bench in response["benchmarks"].items() if key in bench}
+        if generated:
+            client.log_dict(run_id, generated, "answers.json")
 
 
 def end_failed(client, run_id: str, why: str, status: str = "FAILED") -> None:

