@@ -83,11 +83,12 @@ def test_an_incomplete_version_is_never_promoted(tiny_model, tmp_path):
         client.get_model_version_by_alias("EXAONE-broken", "submission")
 
 
-def test_promote_refuses_a_package_the_grader_reads_as_another_model(registered, tmp_path):
-    """The default W8A8 as llmcompressor 0.14 writes it unmended: one line naming the defect, the run
-    FAILED, no zip, no alias moved. (test_grader has every defect's own words from one grader process;
-    the refusal is the same code for each.)"""
-    defect, says = "actorder", "Must use group quantization strategy"
+@pytest.mark.parametrize("defect, says", [("rope", "RoPE: the grader's vLLM reads"),
+                                          ("actorder", "Must use group quantization strategy"),
+                                          ("tokenizer", "tokenizer: the grader's stack fails to read it")])
+def test_promote_refuses_a_package_the_grader_reads_as_another_model(registered, defect, says, tmp_path):
+    """As transformers 5 and llmcompressor 0.14 write them unmended: one line naming the defect, the run
+    FAILED, no zip, no alias moved."""
     from click.testing import CliRunner
 
     from exatrack.cli import main
