@@ -19,7 +19,7 @@ import uuid
 from dataclasses import asdict, dataclass
 
 from exatrack import ExatrackError, digest, models, serving, stats, tracking
-from exatrack.bench import REGISTRY, content_hash, subset
+from exatrack.bench import REGISTRY, Result, content_hash, subset
 from exatrack.models import Model
 
 log = logging.getLogger(__name__)
@@ -261,6 +261,19 @@ class Session:
         return client.create_run(tracking.use_experiment(), run_name=name, tags=tags).info.run_id
 
 
+def scored_or_failed(name: str, rows: list[dict], answers: list) -> Result:
+    """A benchmark whose scoring fails is left out of Perf (as an unjudged KoMT-Bench is), with the
+    reason; the session and the other benchmarks go on, and its answers are in answers.json."""
+    try:
+        return REGISTRY[name].score(rows, answers)
+    except Exception as err:
+        why = f"{type(err).__name__}: {str(err)[:300]}"
+        log.warning("%s could not be scored (%s): left out of perf; its answers are in answers.json", name, why)
+        predictions = [{"id": i, "prompt": "", "output": outputs[0] if outputs else "", "parsed": None, "gold": None,
+                        "score": None} for i, outputs in enumerate(answers)]
+        return Result({REGISTRY[name].primary: None, "n": len(rows)}, predictions, {"score_error": why})
+
+
 def keep_answers(client, opened: dict, response: dict) -> None:
     """Every model's answers and timings, as the engine returned them, on its run before anything is
     scored: a scoring failure (a judge, a bad row) then loses no generation (answers.json)."""
@@ -289,7 +302,7 @@ def log_evaluation(key: str, session: Session, response: dict) -> None:
     model, settings, rows = session.models[key], session.settings, session.rows
     generated = {name: bench[key] for name, bench in response["benchmarks"].items()}
     answers = {name: g["answers"] for name, g in generated.items()}
-    results = {name: REGISTRY[name].score(rows[name], answers[name]) for name in rows}
+    results = {name: scored_or_failed(name, rows[name], answers[name]) for name in rows}
     used = response["models"][key]
     check_kv_cache(kv_cache_dtype(settings, model), used["kv_cache_dtype"])
     conditions = fingerprint(settings, rows, response, response["models"]["base"]["max_model_len"])

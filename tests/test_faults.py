@@ -165,9 +165,9 @@ def test_sigterm_during_generation_stops_the_worker_and_its_engines_and_ends_the
     assert not list(folder.temp.iterdir())  # the command's temp folder went with it
 
 
-def test_a_scoring_failure_after_generation_keeps_every_models_answers(tiny_model, monkeypatch):
-    """A benchmark's scorer crashing after the session: the runs end FAILED with the reason, and each
-    keeps the answers the engine gave (answers.json), so no generation is lost."""
+def test_a_scoring_failure_after_generation_fails_that_benchmark_alone_and_keeps_the_answers(tiny_model, monkeypatch):
+    """A benchmark's scorer crashing after the session: that benchmark is left out of Perf with the
+    reason, the others are scored, and the run keeps the answers the engine gave (answers.json)."""
     from mlflow import MlflowClient
 
     from exatrack import evaluate, models
@@ -181,11 +181,12 @@ def test_a_scoring_failure_after_generation_keeps_every_models_answers(tiny_mode
 
     monkeypatch.setattr(REGISTRY["kmmlu_redux"], "score", broken)
     mlflow.set_experiment("scoring-fails")
-    settings = evaluate.Settings(benchmarks="kmmlu_redux", data="sample", pattern="chunks", chunks=2)
-    with pytest.raises(RuntimeError, match="scorer broke"):
-        evaluate.evaluate(models.resolve("tiny"), [], settings)
+    settings = evaluate.Settings(benchmarks="kmmlu_pro,kmmlu_redux", data="sample", pattern="chunks", chunks=2)
+    evaluate.evaluate(models.resolve("tiny"), [], settings)
     client = MlflowClient()
     (run,) = client.search_runs([mlflow.get_experiment_by_name("scoring-fails").experiment_id])
-    assert run.info.status == "FAILED" and "scorer broke" in run.data.tags["exatrack.error"]
+    assert run.info.status == "FINISHED" and run.data.tags["exatrack.perf_benchmarks"] == "kmmlu_pro"
+    assert run.data.tags["kmmlu_redux.score_error"] == "RuntimeError: scorer broke"
+    assert "kmmlu_redux.accuracy" not in run.data.metrics and "kmmlu_pro.accuracy" in run.data.metrics
     kept = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/answers.json"))
     assert len(kept["kmmlu_redux"]["answers"]) == len(REGISTRY["kmmlu_redux"].load("sample"))
