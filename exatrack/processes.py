@@ -61,18 +61,6 @@ def remove(folder: Path, pid: int) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def die_with_parent() -> None:
-    """In a child, before it runs: the kernel sends it SIGTERM when the process that started it dies, even
-    by kill -9, which leaves no moment to stop it (Linux's PR_SET_PDEATHSIG; elsewhere nothing)."""
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
-        pass
-
-
 def stop_group(proc, grace_s: float = 10.0) -> None:
     """End a child started in a session of its own, with everything it started (vLLM's engine
     processes): SIGTERM to the group, SIGKILL after `grace_s`."""

@@ -131,7 +131,7 @@ def run_session(request: dict, what: str, log: Path | None = None, labels: dict 
         with open(log, "w", encoding="utf-8") as out:
             proc = subprocess.Popen(command, stdout=subprocess.PIPE if console.verbose() else out,
                                     stderr=subprocess.STDOUT, pass_fds=(progress_fd,), env=env, text=True,
-                                    errors="replace", start_new_session=True, preexec_fn=processes.die_with_parent)
+                                    errors="replace", start_new_session=True)
             os.close(progress_fd)
             echo = threading.Thread(target=tee, args=(proc.stdout, out), daemon=True) if proc.stdout else None
             if echo:

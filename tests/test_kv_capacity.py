@@ -2,10 +2,8 @@
 at once for a benchmark sent whole is said in one line before any generation, and recorded."""
 
 import json
-import shutil
 
 from exatrack import serving, worker
-from tests.conftest import shared
 
 
 class WordTokenizer:
@@ -56,8 +54,9 @@ def test_a_starved_engine_is_said_and_flagged_before_generation_and_a_roomy_one_
 
 def test_the_graders_kv_capacity_follows_the_attention_shape_the_weights_and_the_cache_dtype(tmp_path):
     real = tmp_path / "exaone"
-    real.mkdir()
-    shutil.copy(shared("data", "exaone-4.0-1.2b", "config.json"), real / "config.json")
+    real.mkdir()  # EXAONE-4.0-1.2B's attention shape, as its config.json gives it
+    (real / "config.json").write_text(json.dumps({"model_type": "exaone4", "num_hidden_layers": 30, "hidden_size": 2048,
+                                                  "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64}))
     empty = serving.grader_kv_tokens(real, None)
     (real / "model.safetensors").write_bytes(b"\0" * 2**20)
     assert serving.grader_kv_tokens(real, None) < empty  # the weights take their share
@@ -68,3 +67,14 @@ def test_the_graders_kv_capacity_follows_the_attention_shape_the_weights_and_the
     assert serving.grader_kv_tokens(real, None) < empty / 1.9  # twice the KV heads, half the tokens
     (real / "config.json").write_text(json.dumps({"model_type": "exaone4"}))
     assert serving.grader_kv_tokens(real, None) is None
+
+
+def test_a_tokenizer_the_check_cannot_use_loses_the_check_not_the_session():
+    class Odd:
+        def get_tokenizer(self):
+            return object()  # not callable as a Hugging Face tokenizer
+
+    info = {"m": {"kv_cache_tokens": 10}}
+    request = {"benchmarks": {"b": benchmark([5])}, "sampling": {}, "models": [{"name": "m"}]}
+    worker.check_kv_capacity(request, {"m": Odd()}, info)
+    assert info == {"m": {"kv_cache_tokens": 10}}
