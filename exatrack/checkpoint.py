@@ -19,6 +19,11 @@ def uri(run_id: str) -> str:
     return f"runs:/{run_id}/{CHECKPOINT}"
 
 
+def kept(client, run_id: str) -> bool:
+    """Whether the run still holds its checkpoint: a store's artifacts can be deleted under its runs."""
+    return any(f.path == f"{CHECKPOINT}/config.json" for f in client.list_artifacts(run_id, CHECKPOINT))
+
+
 @contextmanager
 def step(kind: str, ref: str, specs: dict, params: dict, calib: str | None, parent_run_id: str | None,
          tags: dict | None):

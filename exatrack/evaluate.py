@@ -50,7 +50,8 @@ class Settings:
 
     def check(self) -> None:
         """Everything that needs no model: refused before any engine starts."""
-        self.names()
+        for name in self.names():
+            REGISTRY[name].check()
         self.sources()
         for name, low in (("limit", 0), ("max_tokens", 1), ("max_model_len", 0), ("passes", 1), ("chunks", 1),
                           ("repeats", 1), ("group", 2)):

@@ -85,13 +85,18 @@ def load_measured(run) -> Measured:
     tags, metrics = run.data.tags, run.data.metrics
     names = [n for n in tags.get("exatrack.perf_benchmarks", "").split(",") if n]
     primary = {n: f"{n}.{REGISTRY[n].primary}" for n in names}
-    paired = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/paired.json")
+    try:
+        paired = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/paired.json")
+        items, chunks = paired["items"], paired["chunks"]
+    except Exception as err:  # deleted, truncated, or of another shape: that run is unscored, the board stands
+        raise Unscorable(f"paired.json of evaluation run {run.info.run_id} cannot be read "
+                         f"({type(err).__name__}); evaluate it again")
     return Measured(
         scores={n: metrics[key] for n, key in primary.items() if key in metrics},
         sec_per_token=metrics.get("bench_sec_per_token", 0.0),
         judges={n: tags[f"{n}.judge"] for n in names if f"{n}.judge" in tags},
-        items=paired["items"],
-        chunks=paired["chunks"],
+        items=items,
+        chunks=chunks,
     )
 
 
@@ -141,9 +146,9 @@ def build(runs: list, fingerprint: str, source: str, estimator: str = "sum") -> 
             entry.reason = "its serving session has no finished base run: evaluate it again with its base"
             continue
         entry.base_run_id = base.info.run_id
-        if base.info.run_id not in measured_bases:
-            measured_bases[base.info.run_id] = load_measured(base)
         try:
+            if base.info.run_id not in measured_bases:
+                measured_bases[base.info.run_id] = load_measured(base)
             entry.score = paired_score(load_measured(run), measured_bases[base.info.run_id], estimator)
         except Unscorable as err:
             entry.reason = str(err)

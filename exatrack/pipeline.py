@@ -86,6 +86,12 @@ def load_lanes(path: str, only: str | None) -> dict[str, list[tuple[str, dict]]]
         raise ExatrackError(f"lanes file {file} has {', '.join(extra)} beside 'lanes:', the only key it reads; "
                             "put every lane under 'lanes:'")
     lanes = data["lanes"]
+    if not lanes:
+        raise ExatrackError(f"lanes file {file} has no lane under 'lanes:'; add one, e.g. w8a8: {{recipe: w8a8}}")
+    for name in lanes:  # a lane's name is a tag every search of its runs filters on
+        if not isinstance(name, str) or not name.strip() or ("'" in name and '"' in name):
+            raise ExatrackError(f"lane name {name!r} in {file} cannot name runs (an empty name, not text, or both quote "
+                                "characters, which MLflow's search cannot match); rename it, e.g. w8a8-d0.01")
     if only:
         wanted = [n.strip() for n in only.split(",") if n.strip()]
         unknown = [n for n in wanted if n not in lanes]
@@ -138,6 +144,9 @@ def make_step(client, experiment_id: str, lane: str, step: str, params: dict, cu
     """Run (or reuse) one step on the checkpoint `current`; returns its run id and whether it was reused."""
     # forced: redo what earlier pipelines did, but still share a prefix between this one's lanes
     run = find_finished(client, experiment_id, STEP_INPUTS, key, parent_id if force else None)
+    if run and not checkpoint.kept(client, run.info.run_id):
+        console.say(f"lane {lane}: the {step} step's run {run.info.run_id} has lost its checkpoint; making it again")
+        run = None
     if run:
         client.set_tag(run.info.run_id, "mlflow.parentRunId", parent_id)  # a reused run joins this tree
         return run.info.run_id, True

@@ -63,10 +63,32 @@ def store_ready() -> None:
                                 "(mlflow.db and mlruns/) is written there; run exatrack from a folder you can write to, "
                                 "or set MLFLOW_TRACKING_URI")
         with FileLock(str(database) + ".lock"):
-            mlflow.MlflowClient().search_experiments(max_results=1)  # creates and migrates the database once
+            try:
+                client = mlflow.MlflowClient()
+                client.search_experiments(max_results=1)  # creates and migrates the database once
+            except Exception as err:
+                if "DatabaseError" not in type(err).__name__ and "DatabaseError" not in str(err):
+                    raise
+                reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0][:200]
+                raise ExatrackError(f"the tracking store {database} is damaged ({reason}); move it aside "
+                                    f"(mv {database.name} {database.name}.damaged) and restore a copy, or start a new store there")
+        forgotten_runs(client, database.parent / "mlruns")
     except MlflowException as err:
         raise ExatrackError(f"the tracking store {uri} does not work ({str(err).strip().splitlines()[0][:300]}); "
                             "fix or unset MLFLOW_TRACKING_URI")
+
+
+def forgotten_runs(client, artifacts: Path) -> None:
+    """Say it when the database knows no run but its artifact folder holds some: mlflow.db was deleted
+    or replaced, and every board would be empty without a word why."""
+    if not artifacts.is_dir() or client.search_runs(
+            [e.experiment_id for e in client.search_experiments(view_type=3)], max_results=1, run_view_type=3):
+        return
+    held = sum(1 for run in artifacts.glob("*/*") if run.is_dir() and len(run.name) == 32)
+    if held:
+        log.warning("the tracking store knows no run, but %s holds the artifacts of %d run%s: was mlflow.db deleted "
+                    "or replaced? Restore it, or move %s aside to start afresh", artifacts, held, "s"[:held != 1],
+                    artifacts.name)
 
 
 def server_answers(uri: str, timeout_s: float = 5.0) -> None:

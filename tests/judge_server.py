@@ -2,16 +2,18 @@
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FakeJudge:
     def __init__(self, reply="간결하고 정확한 답변입니다. 점수: [[8]]", fail_first=0, always_fail=False, reasoning=False,
-                 status=None, page=None):
+                 status=None, page=None, delay_s=0.0):
         """reply: a string, or None for `content: null`; reasoning: refuse temperature/max_tokens with 400;
-        status: answer every request with this HTTP status; page: answer 200 with this HTML instead."""
+        status: answer every request with this HTTP status; page: answer 200 with this HTML instead;
+        delay_s: wait this long before answering (a judge that never answers in time)."""
         self.reply, self.fail_first, self.always_fail, self.reasoning = reply, fail_first, always_fail, reasoning
-        self.status, self.page = status, page
+        self.status, self.page, self.delay_s = status, page, delay_s
         self.requests, self.auth = [], set()
         judge = self
 
@@ -20,6 +22,7 @@ class FakeJudge:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 judge.requests.append(body)
                 judge.auth.add(self.headers.get("Authorization"))
+                time.sleep(judge.delay_s)
                 if judge.status or judge.page:
                     payload = (judge.page or '{"error": {"message": "denied"}}').encode()
                     self.send_response(judge.status or 200)

@@ -33,6 +33,10 @@ def case(args: str, *says: str, run: bool = False, env: dict | None = None, id: 
     return pytest.param(args.split(), says, run, env or {}, id=id)
 
 
+JUDGE = "http://127.0.0.1:9/v1"  # refused before any request: nothing answers there
+JUDGE_ENV = {"EXATRACK_JUDGE_URL": JUDGE, "EXATRACK_JUDGE_MODEL": "gpt-4o"}
+
+
 CASES = [
     # quantize: the model
     case("quantize --model /no/such/folder", "no model at '/no/such/folder'", "pass an existing folder",
@@ -110,6 +114,9 @@ CASES = [
          run=True, id="prune-every-layer"),
     case("prune --model tiny --ffn 4096", "ffn=4096 must be below the model's intermediate size 512",
          run=True, id="prune-ffn-wider-than-the-model"),
+    case("prune --model tiny --drop -1", "drop=-1 is out of range", "must be >= 0", run=True, id="prune-drop-negative"),
+    case("distill --model tiny --teacher {tiny_copy} --epochs 0", "epochs=0 is out of range", "must be >= 1",
+         run=True, id="distill-no-epoch"),
     case("prune --model tiny --drop 1 --calib {binary_jsonl}", "is not UTF-8 text", "written as UTF-8",
          run=True, id="prune-calib-binary"),
     case("distill --model tiny", "the student tiny would be its own teacher", "pass another --teacher",
@@ -152,6 +159,46 @@ CASES = [
          "KoMT-Bench row 0 from", "'turns' must be a list of 1 or 2 non-empty questions", id="data-turns-a-string"),
     case("evaluate --base tiny --benchmarks komt_bench --data sample,komt_bench={shared_question_id_jsonl}",
          "rows 0 and 1 share question_id 7", "each question needs its own", id="data-question-id-twice"),
+    case("evaluate --base tiny --benchmarks kmmlu_redux --data sample,kmmlu_redux={question_empty_jsonl}",
+         "'question' is ''", "the model would be asked nothing", id="data-question-empty"),
+    case("evaluate --base tiny --benchmarks kmmlu_redux --data sample,kmmlu_redux={one_option_jsonl}",
+         "'options' must be a list of 2 to 10", id="data-one-option"),
+    case("evaluate --base tiny --benchmarks kmmlu_pro --data sample,kmmlu_pro={solution_zero_jsonl}",
+         "'solution' is '0'", "1-based number of the right option, 1 to 4", id="data-solution-zero"),
+    case("evaluate --base tiny --benchmarks komt_bench --data sample,komt_bench={three_turns_jsonl}",
+         "'turns' must be a list of 1 or 2 non-empty questions", id="data-three-turns"),
+    case("evaluate --base tiny --benchmarks komt_bench --data sample,komt_bench={reference_string_jsonl}",
+         "'reference' must be a list of reference answers", id="data-reference-not-a-list"),
+    # evaluate: the judge's configuration and prompts, checked before any engine (not when KoMT is scored)
+    case("evaluate --base tiny --benchmarks komt_bench --data sample", "EXATRACK_JUDGE_URL is set but "
+         "EXATRACK_JUDGE_MODEL is not", "set both to judge KoMT-Bench, or neither", env={"EXATRACK_JUDGE_URL": JUDGE},
+         id="judge-url-without-model"),
+    case("evaluate --base tiny --benchmarks komt_bench --data sample", "EXATRACK_JUDGE_MODEL is set but "
+         "EXATRACK_JUDGE_URL is not", env={"EXATRACK_JUDGE_MODEL": "gpt-4o"}, id="judge-model-without-url"),
+    case("evaluate --base tiny --benchmarks komt_bench --data sample", "EXATRACK_JUDGE_URL is not an http(s) URL",
+         "e.g. https://api.openai.com/v1", env={"EXATRACK_JUDGE_URL": "api.openai.com/v1", "EXATRACK_JUDGE_MODEL": "m"},
+         id="judge-url-without-scheme"),
+    case("evaluate --base tiny --benchmarks komt_bench --data sample", "EXATRACK_JUDGE_BUDGET_S='soon' is not a number",
+         "e.g. 3600", env={**JUDGE_ENV, "EXATRACK_JUDGE_BUDGET_S": "soon"}, id="judge-budget-not-a-number"),
+    case("evaluate --base tiny --benchmarks komt_bench --data sample", "EXATRACK_JUDGE_BUDGET_S='0' is not a number "
+         "of seconds above 0", env={**JUDGE_ENV, "EXATRACK_JUDGE_BUDGET_S": "0"}, id="judge-budget-zero"),
+    case("evaluate --base tiny --benchmarks komt_bench --data sample", "judge prompts /no/such/prompts.jsonl do not exist",
+         "point EXATRACK_JUDGE_PROMPTS at a jsonl", env={**JUDGE_ENV, "EXATRACK_JUDGE_PROMPTS": "/no/such/prompts.jsonl"},
+         id="judge-prompts-missing"),
+    case("evaluate --base tiny --benchmarks komt_bench --data sample", "line 2 is not valid JSON",
+         env={**JUDGE_ENV, "EXATRACK_JUDGE_PROMPTS": "{bad_json_jsonl}"}, id="judge-prompts-not-jsonl"),
+    case("evaluate --base tiny --benchmarks komt_bench --data sample", "have no 'single-v1-multi-turn'",
+         "KoMT-Bench needs single-v1, single-v1-multi-turn", env={**JUDGE_ENV, "EXATRACK_JUDGE_PROMPTS": "{one_prompt_jsonl}"},
+         id="judge-prompts-template-missing"),
+    case("evaluate --base tiny --benchmarks komt_bench --data sample", "'single-v1' has no {answer}",
+         "the judge would never see it", env={**JUDGE_ENV, "EXATRACK_JUDGE_PROMPTS": "{blind_prompts_jsonl}"},
+         id="judge-prompts-without-the-answer"),
+    # evaluate: the timing design
+    case("evaluate --passes 0", "passes=0 is out of range", "at least 1", id="passes-zero"),
+    case("evaluate --chunks 0", "chunks=0 is out of range", "at least 1", id="chunks-zero"),
+    case("evaluate --repeats 0", "repeats=0 is out of range", "at least 1", id="repeats-zero"),
+    case("evaluate --pattern zigzag", "'zigzag' is not one of 'whole', 'chunks'", id="pattern-unknown"),
+    case("evaluate --max_model_len -5", "max_model_len=-5 is out of range", "at least 0", id="max-model-len-negative"),
     case("evaluate --model runs:/0123456789abcdef0123456789abcdef/checkpoint", "no run 0123456789abcdef",
          "check the run id", id="evaluate-fake-run-id"),
     case("evaluate --model runs:/{no_checkpoint}/checkpoint", "holds no config.json", "runs:/<id>/checkpoint",
@@ -163,6 +210,8 @@ CASES = [
          id="official-score-nan"),
     case("record-official 0123abc --score -7", "--score -7.0 is not an official challenge score", "between 0 and 1",
          id="official-score-negative"),
+    case("record-official 0123abc --score 1.5", "--score 1.5 is not an official challenge score", "between 0 and 1",
+         id="official-score-above-one"),
     case("record-official 0123abc --score high", "'high' is not a valid float", id="official-score-not-a-number"),
     case("record-official 0123abc --score 0.5", "cannot record an official score on run 0123abc", "check the run id",
          id="official-score-unknown-run"),
@@ -170,6 +219,9 @@ CASES = [
     case("rank", "no evaluated base in this experiment", "run `exatrack evaluate`", run=True, id="rank-with-no-runs"),
     case("rank --registered_model MyModel", "must begin with 'EXAONE'", id="rank-registry-name-without-exaone"),
     case("leaderboard", "no evaluated base in this experiment", "run `exatrack evaluate`", id="leaderboard-with-no-runs"),
+    case("rank --registered_model EXAONE'x\"", "holds both quote characters, which MLflow's search cannot match",
+         "rename it without one of them", id="rank-name-with-both-quotes"),
+    case("leaderboard --fingerprint a'b\"", "holds both quote characters", id="leaderboard-fingerprint-with-both-quotes"),
     case("promote --registered_model EXAONE-never-registered", "has no version or alias 'champion'",
          "run `exatrack rank` first", run=True, id="promote-nothing-registered"),
     case("promote --registered_model EXAONE-bad-input --version 99", "has no version or alias '99'",
@@ -202,6 +254,14 @@ CASES = [
          "see `exatrack recipes`", id="lanes-unknown-parameter"),
     case("pipeline --lanes {lanes_misspelt_modifier_yaml}", "lane typo", "No modifier of type 'GPTQModifer'",
          "fix the modifier's name", id="lanes-recipe-misspelt-modifier"),
+    case("pipeline --lanes {lanes_empty_yaml}", "has no lane under 'lanes:'", "add one, e.g. w8a8: {recipe: w8a8}",
+         id="lanes-none"),
+    case("pipeline --lanes {lanes_both_quotes_yaml}", "lane name", "cannot name runs", "rename it",
+         id="lanes-name-with-both-quotes"),
+    case("pipeline --lanes {lanes_steps_mapping_yaml}", "lane chain", "needs 'recipe:' or 'steps:', a list of",
+         id="lanes-steps-not-a-list"),
+    case("pipeline --lanes {lanes_step_two_keys_yaml}", "lane chain", "needs 'recipe:' or 'steps:', a list of",
+         id="lanes-step-with-two-keys"),
     case("pipeline --lanes {lanes_ok_yaml} --only nosuch", "lane 'nosuch' is not in", "its lanes are fast",
          id="lanes-only-unknown"),
     # the store, the experiment, the command
@@ -211,6 +271,10 @@ CASES = [
          env={"MLFLOW_TRACKING_URI": "foo://bar"}, id="tracking-uri-unsupported"),
     case("leaderboard", "The filesystem tracking backend", "fix or unset MLFLOW_TRACKING_URI",
          env={"MLFLOW_TRACKING_URI": "{folder}/file-store"}, id="tracking-uri-file-store"),
+    case("leaderboard", "the tracking store", "mlflow.db is damaged (", "move it aside (mv mlflow.db mlflow.db.damaged)", env={"MLFLOW_TRACKING_URI": "sqlite:///{truncated_db}"},
+         id="store-truncated"),
+    case("leaderboard", "not_a.db is damaged (file is not a database)", "restore a copy, or start a new store",
+         env={"MLFLOW_TRACKING_URI": "sqlite:///{not_a_db}"}, id="store-not-a-database"),
     case("quantise --model tiny", "No such command 'quantise'", "Did you mean 'quantize'?", id="unknown-command"),
 ]
 
@@ -261,6 +325,25 @@ def bad(tiny_model, tmp_path_factory) -> dict:
         "turns_string.jsonl": json.dumps({"question_id": 1, "category": "writing", "turns": "한 문장"}) + "\n",
         "shared_question_id.jsonl": "".join(json.dumps({"question_id": 7, "category": "writing", "turns": [q]}) + "\n"
                                             for q in ("첫 질문", "둘째 질문")),
+        "question_empty.jsonl": mcqa_row(question="") + "\n",
+        "one_option.jsonl": mcqa_row(options=["1"], solution="1") + "\n",
+        "solution_zero.jsonl": mcqa_row(solution="0") + "\n",
+        "three_turns.jsonl": json.dumps({"question_id": 1, "category": "writing", "turns": ["가", "나", "다"]}) + "\n",
+        "reference_string.jsonl": json.dumps({"question_id": 1, "category": "math", "turns": ["1+1?"],
+                                              "reference": "2"}) + "\n",
+        "one_prompt.jsonl": json.dumps({"name": "single-v1", "system_prompt": "s",
+                                        "prompt_template": "{question} {answer}"}) + "\n",
+        "blind_prompts.jsonl": "".join(json.dumps({"name": name, "system_prompt": "s", "prompt_template": template}) + "\n"
+                                       for name, template in (("single-v1", "{question}"),
+                                                              ("single-v1-multi-turn", "{question_1}{answer_1}{question_2}{answer_2}"),
+                                                              ("single-math-v1", "{question}{answer}{ref_answer_1}"),
+                                                              ("single-math-v1-multi-turn", "{question_1}{answer_1}{question_2}"
+                                                               "{answer_2}{ref_answer_1}{ref_answer_2}"))),
+        "not_a.db": "these bytes are no sqlite database\n",
+        "lanes_empty.yaml": {"lanes": {}},
+        "lanes_both_quotes.yaml": {"lanes": {"it's \"fast\"": {"recipe": "w8a8"}}},
+        "lanes_steps_mapping.yaml": {"lanes": {"chain": {"steps": {"prune": {"drop": 1}}}}},
+        "lanes_step_two_keys.yaml": {"lanes": {"chain": {"steps": [{"prune": {"drop": 1}, "quantize": {"recipe": "w8a8"}}]}}},
         "lanes_ok.yaml": {"lanes": {"fast": {"recipe": "w8a8"}}},
         "lanes_unknown_param.yaml": {"lanes": {"fast": {"recipe": "w8a8", "dampp": 0.1}}},
         "lanes_unknown_step.yaml": {"lanes": {"chain": {"steps": [{"prnue": {"drop": 1}}]}}},
@@ -278,6 +361,11 @@ def bad(tiny_model, tmp_path_factory) -> dict:
             path.write_text(content if isinstance(content, str) else json.dumps(content), encoding="utf-8")
     client = MlflowClient()
     experiment = client.create_experiment("bad-input-fixtures")
+    # a copy of this session's store cut in half: what a full disk or a killed copy leaves
+    store = Path.cwd() / "mlflow.db"
+    paths["truncated_db"] = root / "truncated" / "mlflow.db"
+    paths["truncated_db"].parent.mkdir()
+    paths["truncated_db"].write_bytes(store.read_bytes()[:store.stat().st_size // 2])
     paths["no_checkpoint"] = client.create_run(experiment).info.run_id
     client.set_terminated(paths["no_checkpoint"])
     registered = client.create_run(experiment).info.run_id
@@ -375,6 +463,16 @@ def test_bad_input_is_one_clear_line_and_leaves_nothing_behind(args, says, opens
         assert not MlflowClient().list_artifacts(run.info.run_id, "checkpoint")
     assert registry() == before_registry
     assert not partial_files(Path.cwd(), tmp_path, Path(bad["folder"]).parent)
+
+
+def test_an_empty_database_beside_a_full_artifact_folder_is_named(tmp_path):
+    """mlflow.db deleted (or replaced by a new one) while mlruns/ still holds runs: every board came out
+    empty without a word why."""
+    (tmp_path / "mlruns" / "1" / ("0" * 32) / "artifacts").mkdir(parents=True)
+    result = CliRunner().invoke(main, ["leaderboard"], env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    assert_one_error_line(result.output, ("no evaluated base in this experiment",))
+    assert (f"the tracking store knows no run, but {tmp_path / 'mlruns'} holds the artifacts of 1 run: was mlflow.db "
+            "deleted or replaced?") in result.output
 
 
 def test_the_catalogue_holds_at_least_forty_distinct_cases():

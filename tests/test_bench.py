@@ -2,6 +2,7 @@
 
 import json
 import re
+import time
 
 import pytest
 
@@ -283,6 +284,37 @@ def test_a_damaged_cache_entry_is_asked_again_and_rewritten_whole(monkeypatch, t
         assert parse_rating(json.loads(entry.read_text())["judgment"]) == 8
         assert [p.name for p in entry.parent.iterdir()] == [entry.name]  # nothing written aside is left
         assert parse_rating(judge.judge("s", "u")) == 8 and len(fake.requests) == 1  # from the cache now
+    finally:
+        fake.close()
+
+
+def test_a_judge_that_never_answers_in_time_costs_its_budget_not_hours(monkeypatch, tmp_path):
+    """It took 736 s for 8 judgments (120 s timeouts, 6 tries each) with the bar stuck at 0/8: every try
+    now ends within the budget, and what is still out then is given up."""
+    monkeypatch.setenv("EXATRACK_CACHE", str(tmp_path))
+    fake = FakeJudge(delay_s=30)
+    requests = [("s", f"question {i}") for i in range(8)]
+    started = time.monotonic()
+    try:
+        with pytest.raises(JudgeUnavailable, match=r"gave 0 of 8 judgments within its budget of 2 s \(EXATRACK_JUDGE_BUDGET_S\)"):
+            Judge(fake.url, "slow-judge", retries=5, budget_s=2, concurrency=4).judge_all(requests, "judging")
+        assert time.monotonic() - started < 10
+        assert len(fake.requests) <= 4  # the four started; the rest were given up, never sent
+    finally:
+        fake.close()
+    assert not (tmp_path / "judgments").exists()
+
+
+def test_identical_requests_are_judged_once_and_answered_in_order(monkeypatch, tmp_path):
+    """An A/A pair's equal answers make equal requests: asked once, at once (the cache alone would
+    not help: both are asked before either is written)."""
+    monkeypatch.setenv("EXATRACK_CACHE", str(tmp_path))
+    fake = FakeJudge()
+    try:
+        requests = [("s", "same"), ("s", "other"), ("s", "same"), ("s", "same")]
+        judgments = Judge(fake.url, "fake-judge", retries=0).judge_all(requests, "judging")
+        assert len(judgments) == 4 and all(parse_rating(j) == 8 for j in judgments)
+        assert sorted(r["messages"][1]["content"] for r in fake.requests) == ["other", "same"]
     finally:
         fake.close()
 

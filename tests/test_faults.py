@@ -145,15 +145,16 @@ def serving_workers() -> set[int]:
 
 
 @pytest.mark.vllm
-def test_sigterm_during_generation_stops_the_worker_and_its_engines_and_ends_the_run_killed(tiny_model, tmp_path):
-    """A scheduler's SIGTERM to `evaluate` while the real engine generates: the serving worker and the
-    engines it started end with it, and the run is KILLED, not left RUNNING for the next command."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_during_generation_stops_the_worker_and_its_engines_and_ends_the_run_killed(sig, tiny_model, tmp_path):
+    """A scheduler's SIGTERM, or Ctrl-C's SIGINT, to `evaluate` while the real engine generates: the
+    serving worker and the engines it started end with it, and the run is KILLED, not left RUNNING."""
     folder, before = Folder(tmp_path), serving_workers()
     evaluate = folder.start(EXATRACK, "evaluate", "--model", "tiny", "--data", "sample", "--benchmarks", "kmmlu_redux",
                             "--eager", "--passes", "500")  # generation outlasts the test's patience many times over
     generating = lambda: any("conversations on" in log.read_text(errors="replace")  # noqa: E731
                              for log in folder.temp.glob("exatrack-*/*/serving.log"))
-    folder.kill_when(evaluate, generating, sig=signal.SIGTERM)
+    folder.kill_when(evaluate, generating, sig=sig)
     assert evaluate.returncode != 0
     deadline = time.monotonic() + 30
     while serving_workers() - before and time.monotonic() < deadline:

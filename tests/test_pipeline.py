@@ -6,7 +6,9 @@ test_evaluate's job); the last test runs chained lanes through the real engine e
 """
 
 import json
+import shutil
 import zipfile
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -105,6 +107,36 @@ def test_an_evaluation_crash_leaves_the_checkpoint_run_finished_and_reusable(tin
     assert done.lanes["good"] == "done" and len(runs_of("pipeline-crash", "tags.`exatrack.kind` = 'quantize'")) == 1
 
 
+def test_a_damaged_store_costs_only_what_it_lost(tiny_model, recorded, tmp_path, capsys):
+    """An evaluation's deleted paired.json leaves that lane unscored with the reason and the rest of the
+    board standing; a reused step whose checkpoint was deleted is made again, not reported reused."""
+    from urllib.parse import urlparse
+
+    from exatrack import leaderboard
+
+    mlflow.set_experiment("pipeline-damaged")
+    lanes = tmp_path / "lanes.yaml"
+    lanes.write_text(json.dumps({"lanes": {"fp8": {"recipe": "fp8_dynamic"}, "rtn": {"recipe": "rtn_w8a8"}}}))
+    first = pipeline("tiny", str(lanes), SETTINGS, out=str(tmp_path / "a.zip"), model_name="EXAONE-damaged")
+    entries = {e.name: e for e in first.board.entries}
+    gone = urlparse(entries["fp8"].run.info.artifact_uri).path + "/paired.json"
+    Path(gone).unlink()
+    client = MlflowClient()
+    board = leaderboard.for_scope(client, mlflow.get_experiment_by_name("pipeline-damaged").experiment_id, None, None)
+    damaged = {e.name: e for e in board.entries}
+    assert damaged["fp8"].score is None and damaged["fp8"].reason == (
+        f"paired.json of evaluation run {entries['fp8'].run.info.run_id} cannot be read (MlflowException); evaluate it again")
+    assert damaged["rtn"].score is not None and board.leader.name == "rtn"
+
+    lost = entries["rtn"].checkpoint_run
+    shutil.rmtree(urlparse(client.get_run(lost).info.artifact_uri).path + "/checkpoint")
+    again = pipeline("tiny", str(lanes), SETTINGS, out=str(tmp_path / "b.zip"), model_name="EXAONE-damaged")
+    assert again.lanes == {"fp8": "reused", "rtn": "done"}
+    assert f"lane rtn: the quantize step's run {lost} has lost its checkpoint; making it again" in capsys.readouterr().err
+    remade = next(e for e in again.board.entries if e.name == "rtn").checkpoint_run
+    assert remade != lost and client.list_artifacts(remade, "checkpoint")
+
+
 def test_the_whole_lanes_file_is_checked_before_any_run(tiny_model, tmp_path, recorded):
     path = tmp_path / "lanes.yaml"
     path.write_text(json.dumps({"lanes": {"good": {"recipe": "w8a8", **SMALL}, "bad": {"recipe": "w8a8", "damp": 1.5}}}))
@@ -184,7 +216,8 @@ def test_chained_lanes_through_the_real_engine_are_scored_in_one_session(tiny_mo
     mlflow.set_experiment("pipeline-real")
     lanes = tmp_path / "lanes.yaml"
     lanes.write_text(json.dumps({"lanes": CHAINS}))
-    settings = Settings(benchmarks="kmmlu_pro,kmmlu_redux", data="sample", max_tokens=24, eager=True)
+    # one timed pass: the passes are test_evaluate's subject, one session of every lane is this test's
+    settings = Settings(benchmarks="kmmlu_pro,kmmlu_redux", data="sample", max_tokens=24, eager=True, passes=1)
     done = pipeline("tiny", str(lanes), settings, out=str(tmp_path / "submit.zip"), model_name="EXAONE-pipeline-real",
                     grader_check=True)
     assert done.lanes == {name: "done" for name in CHAINS}

@@ -66,6 +66,10 @@ class Benchmark:
         starts: a bad value found by scoring would throw away every model's generation."""
         return None
 
+    def check(self) -> None:
+        """What the benchmark needs besides its rows (a judge and its prompts), refused in one line
+        before any engine starts: found by scoring, it would throw away the session's generation."""
+
     def clash(self, rows: list[dict]) -> str | None:
         """What is wrong between rows (two with one id), or None; checked with `problem`."""
         return None

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from exatrack import DATA_DIR, read_records
+from exatrack import DATA_DIR, ExatrackError, read_records
 from exatrack.bench import Benchmark, Result, answer_text, register
 from exatrack.bench.judge import Judge, JudgeUnavailable, parse_rating
 
@@ -33,9 +33,30 @@ def prompts_file() -> Path:
     return Path(os.environ.get("EXATRACK_JUDGE_PROMPTS") or PROMPTS)
 
 
+# the templates judge_request picks, and what each must leave room for (the official file's placeholders)
+TEMPLATES = {"single-v1": ("question", "answer"),
+             "single-v1-multi-turn": ("question_1", "answer_1", "question_2", "answer_2"),
+             "single-math-v1": ("question", "answer", "ref_answer_1"),
+             "single-math-v1-multi-turn": ("question_1", "answer_1", "question_2", "answer_2", "ref_answer_1", "ref_answer_2")}
+
+
 def judge_prompts() -> dict[str, dict]:
-    """The official Korean prompts, or those of the file EXATRACK_JUDGE_PROMPTS names."""
-    return {p["name"]: p for p in read_records(prompts_file())}
+    """The official Korean prompts, or those of the file EXATRACK_JUDGE_PROMPTS names, each template
+    there with its system prompt and every placeholder its answers fill."""
+    path = prompts_file()
+    if not path.exists():
+        raise ExatrackError(f"judge prompts {path} do not exist; point EXATRACK_JUDGE_PROMPTS at a jsonl like "
+                            f"{PROMPTS.name}, or unset it for the official ones")
+    prompts = {p.get("name"): p for p in read_records(path)}
+    for name, placeholders in TEMPLATES.items():
+        template = prompts.get(name, {})
+        if not all(isinstance(template.get(k), str) for k in ("system_prompt", "prompt_template")):
+            raise ExatrackError(f"judge prompts {path} have no '{name}' with a system_prompt and a prompt_template; "
+                                f"KoMT-Bench needs {', '.join(TEMPLATES)} (see {PROMPTS.name}, shipped with exatrack)")
+        if missing := [k for k in placeholders if "{" + k + "}" not in template["prompt_template"]]:
+            raise ExatrackError(f"judge prompts {path}: '{name}' has no {{{missing[0]}}}, so the judge would never see it; "
+                                f"its template needs {', '.join('{' + k + '}' for k in placeholders)}")
+    return prompts
 
 
 def prompts_hash() -> str:
@@ -87,6 +108,10 @@ class KoMTBench(Benchmark):
         if "reference" in row and row["reference"] is not None and not isinstance(row["reference"], list):
             return "'reference' must be a list of reference answers, one per turn"
         return None
+
+    def check(self):
+        if Judge.from_env() is not None:  # without a judge KoMT-Bench is skipped: no prompts needed
+            judge_prompts()
 
     def clash(self, rows):
         seen = {}

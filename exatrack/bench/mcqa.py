@@ -68,6 +68,8 @@ def gold(row: dict) -> str:
 @dataclass
 class MultipleChoice(Benchmark):
     def problem(self, row):
+        if not isinstance(row["question"], str) or not row["question"].strip():
+            return f"'question' is {row['question']!r}: the model would be asked nothing"
         options = row["options"]
         if not isinstance(options, list) or not 2 <= len(options) <= len(LETTERS) or \
                 not all(isinstance(o, (str, int, float)) and str(o).strip() for o in options):
