@@ -84,3 +84,15 @@ def shared(*parts) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is not on this machine")
     return path
+
+
+# Tests that start engines or Ray, or look for leftover processes machine-wide, run one after another
+# on one worker when the suite runs in parallel (`make test`): two engines side by side would each
+# stall on the other's threads, and one test's worker would be another's "leftover".
+ONE_AT_A_TIME = ("test_evaluate.py", "test_faults.py", "test_ray_lanes.py")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.name in ONE_AT_A_TIME or item.get_closest_marker("vllm"):
+            item.add_marker(pytest.mark.xdist_group("processes"))
