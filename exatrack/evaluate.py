@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 ALL = "kmmlu_pro,kmmlu_redux,ko_longrag,komt_bench"
 PATTERNS = ("whole", "chunks")
 INPUTS = "exatrack.eval_inputs"  # tag: the hash of what an evaluation was asked to do, to find it again
+PROMPT_MARGIN = 256  # tokens a chat template may add around a turn, for the cheap pre-filter only
 FINGERPRINT = "exatrack.fingerprint"  # tag: the hash of the conditions two scores must share to compare
 SESSION = "exatrack.session"  # tag: the serving session an evaluation was timed in, beside its base
 BASE = "exatrack.base"
@@ -70,6 +71,31 @@ class Settings:
             if self.max_model_len and longest and self.max_model_len > longest:
                 raise ExatrackError(f"max_model_len={self.max_model_len} is past {model.ref}'s {longest} tokens "
                                     f"(max_position_embeddings); use at most {longest}, or 0 for the model's own")
+
+    def check_prompts(self, rows: dict, models: list[Model]) -> None:
+        """Every first turn fits each engine's context, rendered as the worker sends it (the model's
+        chat template, encoded without special tokens added): vLLM refuses a longer prompt in the
+        middle of a session, after the engines loaded and other benchmarks generated. Only turns
+        with more UTF-8 bytes than the context holds tokens (less a margin) can be too long, so
+        those alone are tokenized."""
+        for model in models:
+            limit = self.max_model_len or model.config().get("max_position_embeddings")
+            suspects = [(name, row, c["turns"][0]) for name, r in rows.items()
+                        for row, c in zip(r, REGISTRY[name].conversations(r, self.greedy))
+                        if limit and len(c["turns"][0].encode()) + PROMPT_MARGIN > limit]
+            if not suspects:
+                continue
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(model.folder)
+            for name, row, turn in suspects:
+                text = tokenizer.apply_chat_template([{"role": "user", "content": turn}], tokenize=False,
+                                                     add_generation_prompt=True, enable_thinking=self.thinking)
+                if (n := len(tokenizer(text, add_special_tokens=False)["input_ids"])) > limit:
+                    raise ExatrackError(
+                        f"a {REGISTRY[name].title} question ({str(row.get('id', row.get('question', '')))[:40]!r}) is "
+                        f"{n:,} tokens in {model.ref}'s chat template, past the {limit:,} its engine holds "
+                        f"(max_model_len); raise --max_model_len, or evaluate rows that fit")
 
     def timing(self) -> dict:
         """What the timed quantity is: part of the fingerprint, since the batches a benchmark is sent in
@@ -156,8 +182,7 @@ def evaluate(base: Model, candidates: list[Model], settings: Settings, parent_ru
     settings.check_models([base, *candidates])
     for model in candidates:
         serving.check_requirements(model.requires, model.ref)
-    names, sources = settings.names(), settings.sources()
-    rows = {name: subset(REGISTRY[name].load(sources[name]), settings.limit) for name in names}
+    rows, sources = load_rows(settings, [base, *candidates]), settings.sources()
     per_session = settings.group - 1
     groups = [candidates[i:i + per_session] for i in range(0, len(candidates), per_session)] or [[]]
     done = Evaluated("", {}, {})
@@ -168,6 +193,15 @@ def evaluate(base: Model, candidates: list[Model], settings: Settings, parent_ru
         done.runs.update(runs)
         done.failed.update(failed)
     return done
+
+
+def load_rows(settings: Settings, models: list[Model]) -> dict[str, list[dict]]:
+    """Every benchmark's rows, checked value by value, and every first turn against each model's
+    context: all of it before any engine starts (`pipeline` asks before its lanes are made)."""
+    sources = settings.sources()
+    rows = {name: subset(REGISTRY[name].load(sources[name]), settings.limit) for name in settings.names()}
+    settings.check_prompts(rows, models)
+    return rows
 
 
 class Session:

@@ -215,6 +215,7 @@ def pipeline(model: str, lanes_file: str, settings, only: str | None = None, cal
                            **{f"eval.{k}": v for k, v in asdict(settings).items()}})
         base = models.resolve(model)
         settings.check_models([base])  # the lanes derive from it: their context is its
+        evaluate.load_rows(settings, [base])  # a bad row found after the lanes were made would waste them
         if fan_out:
             finals, status = ray_lanes.make_lanes(lanes, model, calib, parent_id, experiment, force, workers, ray_address)
         else:
