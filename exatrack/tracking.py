@@ -63,13 +63,13 @@ def store_ready() -> None:
                                 "(mlflow.db and mlruns/) is written there; run exatrack from a folder you can write to, "
                                 "or set MLFLOW_TRACKING_URI")
         with FileLock(str(database) + ".lock"):
+            from sqlalchemy.exc import DatabaseError  # what MLflow's sqlite store raises for a damaged file
+
             try:
                 client = mlflow.MlflowClient()
                 client.search_experiments(max_results=1)  # creates and migrates the database once
-            except Exception as err:
-                if "DatabaseError" not in type(err).__name__ and "DatabaseError" not in str(err):
-                    raise
-                reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0][:200]
+            except DatabaseError as err:
+                reason = str(err.orig or err).strip().splitlines()[0][:200]
                 raise ExatrackError(f"the tracking store {database} is damaged ({reason}); move it aside "
                                     f"(mv {database.name} {database.name}.damaged) and restore a copy, or start a new store there")
         forgotten_runs(client, database.parent / "mlruns")
