@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 from exatrack import ExatrackError, digest, models, serving, stats, tracking
 from exatrack.bench import REGISTRY, Result, content_hash, subset
+from exatrack.environments import has_gpu
 from exatrack.models import Model
 
 log = logging.getLogger(__name__)
@@ -157,8 +158,8 @@ def kv_cache_dtype(settings: Settings, model: Model) -> str | None:
     return settings.kv_cache_dtype if settings.kv_cache_dtype != "auto" else model.kv_cache_dtype
 
 
-def engine_args(settings: Settings, model: Model, engines: int) -> dict:
-    args = {"seed": 0, "enforce_eager": settings.eager, **serving.engine_memory(engines)}
+def engine_args(settings: Settings, model: Model, memory: dict) -> dict:
+    args = {"seed": 0, "enforce_eager": settings.eager, **memory}
     if settings.max_model_len:
         args["max_model_len"] = settings.max_model_len
     if kv_cache := kv_cache_dtype(settings, model):
@@ -177,22 +178,70 @@ class Evaluated:
 
 def evaluate(base: Model, candidates: list[Model], settings: Settings, parent_run_id: str | None = None,
              lanes: dict | None = None) -> Evaluated:
-    """The base and the candidates in sessions of at most `settings.group` models, the base in each."""
+    """The base and the candidates in sessions of models side by side, the base in each."""
     settings.check()
     settings.check_models([base, *candidates])
     for model in candidates:
         serving.check_requirements(model.requires, model.ref)
     rows, sources = load_rows(settings, [base, *candidates]), settings.sources()
-    per_session = settings.group - 1
-    groups = [candidates[i:i + per_session] for i in range(0, len(candidates), per_session)] or [[]]
+    sizing = Sizing.of([base, *candidates], settings, rows)
     done = Evaluated("", {}, {})
-    for group in groups:
-        session = Session(base, group, settings, rows, sources, parent_run_id, lanes or {})
+    for group in sizing.sessions(base, candidates, settings.group):
+        session = Session(base, group, settings, rows, sources, parent_run_id, lanes or {}, sizing)
         base_run, runs, failed = session.run()
         done.base = done.base or base_run
         done.runs.update(runs)
         done.failed.update(failed)
     return done
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """What each engine must hold for its batches to be the grader's: the KV cache the grader's one
+    engine fills for the largest benchmark sent whole (or all its cache holds, if less), and the GPU
+    memory that takes beside the weights. Engines side by side share one GPU; one with less cache than
+    that runs smaller batches than the grader's, and per-token speed depends on the batch."""
+
+    kv_tokens: dict  # model ref -> tokens its engine must hold (None: not known)
+    needs: dict  # model ref -> bytes of GPU memory for that (None: not known, or no GPU)
+    gpu: int | None  # this GPU's memory in bytes; None without one
+
+    @classmethod
+    def of(cls, models: list[Model], settings: Settings, rows: dict) -> "Sizing":
+        benchmarks = {name: {"conversations": REGISTRY[name].conversations(r, settings.greedy)} for name, r in rows.items()}
+        count = serving.token_counter(models[0].folder)
+        wanted = count and serving.kv_tokens_needed(benchmarks, count, {"max_tokens": settings.max_tokens},
+                                                    serving.GRADER_ENGINE["max_num_seqs"])
+        kv_tokens, needs, gpu = {}, {}, serving.gpu_bytes() if has_gpu() else None
+        for m in models:
+            dtype = kv_cache_dtype(settings, m)
+            holds = serving.grader_kv_tokens(m.folder, dtype)
+            kv_tokens[m.ref] = min(wanted, holds) if wanted and holds is not None else wanted
+            needs[m.ref] = serving.engine_bytes(m.folder, dtype, kv_tokens[m.ref]) if gpu and kv_tokens[m.ref] else None
+        return cls(kv_tokens, needs, gpu)
+
+    def shares(self, models: list[Model]) -> list[float | None]:
+        return [self.needs[m.ref] / self.gpu if self.gpu and self.needs[m.ref] else None for m in models]
+
+    def fits(self, models: list[Model]) -> bool:
+        shares = self.shares(models)
+        return None in shares or sum(shares) <= serving.SIDE_BY_SIDE_SHARE
+
+    def sessions(self, base: Model, candidates: list[Model], most: int) -> list[list[Model]]:
+        """The candidates in turn, a new session whenever `most` models or this GPU would be passed.
+        Where even the base and one candidate cannot both hold the grader's batches, it is said in one
+        line and they share the GPU as they can."""
+        groups = [[]]
+        for model in candidates:
+            if groups[-1] and (len(groups[-1]) + 1 == most or not self.fits([base, *groups[-1], model])):
+                groups.append([])
+            groups[-1].append(model)
+        if starved := next((g for g in groups if g and not self.fits([base, g[0]])), None):
+            log.warning("this GPU's %.0f GiB cannot hold the base and %s side by side with the grader's batches "
+                        "(%.1f GiB of weights and KV cache): their speed is measured on smaller batches than the "
+                        "grader's; evaluate on a larger GPU for a faithful speed", self.gpu / 2**30, starved[0].ref,
+                        (self.needs[base.ref] + self.needs[starved[0].ref]) / 2**30)
+        return groups
 
 
 def load_rows(settings: Settings, models: list[Model]) -> dict[str, list[dict]]:
@@ -207,24 +256,23 @@ def load_rows(settings: Settings, models: list[Model]) -> dict[str, list[dict]]:
 class Session:
     """One serving session: its runs opened first (so a crash marks them FAILED), then the worker."""
 
-    def __init__(self, base, candidates, settings, rows, sources, parent_run_id, lanes):
+    def __init__(self, base, candidates, settings, rows, sources, parent_run_id, lanes, sizing):
         self.models = {"base": base, **{f"candidate{i}": m for i, m in enumerate(candidates)}}
         self.settings, self.rows, self.sources = settings, rows, sources
-        self.parent_run_id, self.lanes = parent_run_id, lanes
+        self.parent_run_id, self.lanes, self.sizing = parent_run_id, lanes, sizing
         self.id = uuid.uuid4().hex[:12]
 
     def request(self) -> dict:
-        engines = len(self.models)
+        memory = serving.engine_memory(self.sizing.shares(list(self.models.values())))
         benchmarks = {}
         for name, rows in self.rows.items():
             conversations = REGISTRY[name].conversations(rows, self.settings.greedy)
             size = len(conversations) if self.settings.pattern == "whole" else -(-len(conversations) // self.settings.chunks)
             benchmarks[name] = {"conversations": conversations, "chunk_size": max(1, size)}
         return {
-            "models": [{"name": key, "path": str(m.folder), "engine": engine_args(self.settings, m, engines),
-                        "grader_kv_tokens": serving.grader_kv_tokens(m.folder, kv_cache_dtype(self.settings, m))}
-                       for key, m in self.models.items()],
-            "grader_max_num_seqs": serving.GRADER_ENGINE["max_num_seqs"],
+            "models": [{"name": key, "path": str(m.folder), "engine": engine_args(self.settings, m, share),
+                        "kv_tokens_needed": self.sizing.kv_tokens[m.ref]}
+                       for (key, m), share in zip(self.models.items(), memory)],
             "thinking": self.settings.thinking,
             "sampling": {"temperature": 0.0, "max_tokens": self.settings.max_tokens},
             "passes": self.settings.passes if self.settings.pattern == "whole" else 1,

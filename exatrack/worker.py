@@ -8,7 +8,8 @@ timed over `passes` passes; every unit (a chunk of one pass) is run on every mod
 rotated from unit to unit, so that whatever slows the machine for a while slows all models alike:
 each unit gives a paired time per token. A unit may be timed `repeats` times in a row (host jitter
 only ever adds time, so the fastest repeat is the least disturbed one). The answers are those of the
-first run; greedy decoding gives the same tokens again.
+first run; greedy decoding gives the same tokens again. Every timed run starts from an empty prefix
+cache: the grader sends each prompt once, so a second pass must not find its prompts cached.
 
 Conversations run turn by turn (the next user turn is sent with the model's previous answers), with
 the chat template and the requested thinking mode. Generation time is the span from vLLM's own
@@ -122,33 +123,13 @@ def kv_cache_tokens(cache) -> int | None:
     return blocks * cache.block_size if blocks and getattr(cache, "block_size", None) else None
 
 
-def kv_tokens_needed(benchmarks: dict, tokenizer, sampling: dict, max_num_seqs: int) -> int:
-    """Tokens the grader's engine would run at once for the largest benchmark sent whole: its
-    `max_num_seqs` longest first turns, each with its output budget (a later turn's history is left out)."""
-    needed = 0
-    for spec in benchmarks.values():
-        firsts = [c["turns"][0] for c in spec["conversations"]]
-        budgets = [c.get("sampling", {}).get("max_tokens", sampling.get("max_tokens", 0)) for c in spec["conversations"]]
-        lengths = sorted((len(ids) + b for ids, b in zip(tokenizer(firsts)["input_ids"], budgets)), reverse=True)
-        needed = max(needed, sum(lengths[:max_num_seqs]))
-    return needed
-
-
 def check_kv_capacity(request: dict, engines: dict, info: dict) -> None:
     """Before any generation: an engine whose KV cache holds less than the grader's engine would run at
     once is timed on smaller batches than the grader's (engines side by side share one GPU). Said in
     one line, and recorded with each engine's capacity; the session goes on."""
-    first = next(iter(engines.values()))
-    try:
-        wanted = kv_tokens_needed(request["benchmarks"], first.get_tokenizer(), request["sampling"],
-                                  request.get("grader_max_num_seqs", 256))
-    except Exception as err:  # a tokenizer of another shape in another vLLM: the check is lost, not the session
-        print(f"KV capacity not checked: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
-        return
     for m in request["models"]:
-        if m["name"] not in engines:
+        if m["name"] not in engines or not (needed := m.get("kv_tokens_needed")):  # None: exatrack could not count
             continue
-        needed = min(wanted, m.get("grader_kv_tokens") or wanted)
         holds = info[m["name"]]["kv_cache_tokens"]
         info[m["name"]].update(kv_tokens_needed=needed, starved=bool(holds is not None and holds < needed))
         if info[m["name"]]["starved"]:
@@ -156,6 +137,14 @@ def check_kv_capacity(request: dict, engines: dict, info: dict) -> None:
                     "at once: it is timed on smaller batches than the grader's (put fewer models in a session, --group)")
             print(line, file=sys.stderr, flush=True)
             progress(event="starved", model=m["name"], holds=holds, needed=needed)
+
+
+def forget_prompts(llm) -> None:
+    """Empties the engine's prefix cache. vLLM caches prompt prefixes by default (`enable_prefix_caching`
+    True in vllm/config/cache.py, 0.14.1 as in 0.26), and a cache that holds a whole benchmark's prompts
+    skips their prefill on every later pass or repeat: a quantity the grader, which sends each prompt once,
+    never sees, and one that favours the engines with the most KV cache (the smallest formats)."""
+    llm.reset_prefix_cache()
 
 
 def chunks(count: int, size: int) -> list[range]:
@@ -175,6 +164,7 @@ def run_benchmark(bench: str, engines: dict, conversations: list, size: int, pas
         for name in names[shift:] + names[:shift]:
             part, runs = [conversations[i] for i in rows], []
             for r in range(repeats):
+                forget_prompts(engines[name])
                 answers, tokens, seconds, clock = run_turns(engines[name], part, sampling, chat_kwargs)
                 runs.append(seconds)
                 progress(event="chunk", benchmark=bench, chunk=k + 1, chunks=len(parts), model=name,
