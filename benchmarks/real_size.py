@@ -14,8 +14,10 @@ needed. Steps (each one command; docs/benchmarks.md shows the calls on the lent 
            of the full-size shape on random-token text: seconds, training tokens/s, peak GPU memory
   report   (here) SpeedNorm of every variant against bf16 with its interval, per estimator, from
            session JSON
-  design-report (here) SpeedNorm per design and variant from a designs JSON, and from the first whole
-           pass alone
+  sizing   (vLLM env) each variant's engine given exactly the GPU share exatrack's sizing gives it for the
+           grader's whole KV cache: does vLLM's KV cache then hold that many tokens?
+  design-report (here) SpeedNorm per design and variant from a designs JSON, each whole pass alone, and
+           whether the default's interval holds the reference passes' value
 """
 
 import argparse
@@ -161,8 +163,10 @@ def session(args):
 
 def designs(args):
     """The timing designs of issue 21 on ONE set of engines: each benchmark whole (as the grader sends
-    it) in `passes` passes rotated across the models, then the same benchmarks cut into `chunks`
-    chunks. Written after each design, so a call cut short keeps what finished."""
+    it) in `passes` passes rotated across the models (exatrack's default); then `reference_passes` more
+    whole passes, independent of the first, whose mean is the whole-pass quantity the default must hold
+    in its interval; then the same benchmarks cut into `chunks` chunks. Written after each design, so a
+    call cut short keeps what finished."""
     worker = load_module("worker")
     out, names = Path(args.out), args.models.split(",")
     engine = {"seed": 0, "gpu_memory_utilization": args.memory / len(names), "max_model_len": 4096}
@@ -174,7 +178,8 @@ def designs(args):
     engines, info = worker.load_engines(models)
     result = {"load_s": time.perf_counter() - started, "device": worker.device_name(), "stack": worker.stack(),
               "models": info, "volumes": volumes, "designs": {}}
-    for design, chunks, passes in (("whole", 1, args.passes), (f"chunks{args.chunks}", args.chunks, 1)):
+    plan = (("whole", 1, args.passes), ("reference", 1, args.reference_passes), (f"chunks{args.chunks}", args.chunks, 1))
+    for design, chunks, passes in plan:
         benchmarks, offset, began = {}, 0, time.perf_counter()
         for bench, spec in real_volume_benchmarks(out / names[0], chunks, volumes).items():
             timed = worker.run_benchmark(bench, engines, spec["conversations"], spec["chunk_size"], passes, 1,
@@ -187,23 +192,60 @@ def designs(args):
         print(json.dumps({"design": design, "seconds": result["designs"][design]["seconds"]}), flush=True)
 
 
+def sizing(args):
+    """Is exatrack's engine sizing right on this GPU? Each variant alone in one engine given exactly the share
+    `Sizing` would give it for the grader's whole KV cache (serving.engine_bytes over the GPU's memory, no
+    spare): the KV cache vLLM then allocates must hold at least that many tokens."""
+    sys.path.insert(0, str(REPO))
+    from vllm import LLM
+
+    from exatrack import serving
+
+    worker, out, gpu = load_module("worker"), Path(args.out), serving.gpu_bytes()
+    result = {"device": worker.device_name(), "stack": worker.stack(), "gpu_bytes": gpu, "variants": {}}
+    for name in args.models.split(","):
+        folder = out / name
+        needed = serving.grader_kv_tokens(folder, None)
+        share = serving.engine_bytes(folder, None, needed) / gpu
+        llm = LLM(model=str(folder), seed=0, gpu_memory_utilization=share, max_model_len=4096)
+        holds = worker.kv_cache_tokens(llm.llm_engine.vllm_config.cache_config)
+        result["variants"][name] = {"share": share, "kv_tokens_needed": needed, "kv_cache_tokens": holds,
+                                    "held": holds >= needed, "weight_bytes": serving.weight_bytes(folder)}
+        print(json.dumps({name: result["variants"][name]}), flush=True)
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        del llm
+        import gc
+
+        import torch
+
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
 def design_report(args):
-    """Per design and variant, SpeedNorm against the first model with its interval; for the whole
-    design also from its first pass alone (one whole pass: the grader's own quantity)."""
+    """Per design and variant, SpeedNorm against the first model with its interval, and for designs of
+    whole passes each pass alone (one whole pass: the grader's own quantity, measured once); last, whether
+    the default's interval holds the reference passes' value."""
     result = json.loads(Path(args.sessions[0]).read_text())
     lines = ["| design | variant | SpeedNorm [95% CI] | half-width |", "|---|---|---|---|"]
     table = {}
     for design, timed in result["designs"].items():
         views = {design: timed["benchmarks"]}
-        if timed["passes"] > 1:
-            views["whole, first pass only"] = {b: {m: {**t, "chunks": t["chunks"][:1]} for m, t in bench.items()}
-                                              for b, bench in timed["benchmarks"].items()}
+        for p in range(timed["passes"] if timed["passes"] > 1 else 0):
+            views[f"{design}, pass {p + 1} alone"] = {
+                b: {m: {**t, "chunks": [c for c in t["chunks"] if c["pass"] == p]} for m, t in bench.items()}
+                for b, bench in timed["benchmarks"].items()}
         for label, benchmarks in views.items():
             loaded = {n: i for n, i in result["models"].items() if "error" not in i}
             for name, s in speed_norms({"models": loaded, "benchmarks": benchmarks}, "sum", True).items():
                 table.setdefault(label, {})[name] = s
                 lines.append(f"| {label} | {name} | {s['speed_norm']:+.4f} [{s['low']:+.4f}, {s['high']:+.4f}] | "
                              f"{s['half_width']:.4f} |")
+    if {"whole", "reference"} <= table.keys():
+        lines += ["", "| variant | default's interval | reference value | held |", "|---|---|---|---|"]
+        for name, s in table["whole"].items():
+            ref = table["reference"][name]["speed_norm"]
+            lines.append(f"| {name} | [{s['low']:+.4f}, {s['high']:+.4f}] | {ref:+.4f} | {s['low'] <= ref <= s['high']} |")
     print("\n".join(lines))
     Path(args.json).write_text(json.dumps(table, indent=1))
 
@@ -294,7 +336,7 @@ def report(args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     steps = parser.add_subparsers(dest="step", required=True)
-    for name, func in (("build", build), ("gptq", gptq), ("session", session), ("designs", designs), ("train", train),
+    for name, func in (("build", build), ("gptq", gptq), ("session", session), ("designs", designs), ("sizing", sizing), ("train", train),
                        ("report", report), ("design-report", design_report)):
         step = steps.add_parser(name)
         step.set_defaults(func=func)
@@ -311,9 +353,12 @@ def main():
     steps.choices["session"].add_argument("--volumes", choices=["real", "reduced"], default="real")
     steps.choices["designs"].add_argument("--models", default="bf16,bf16,w8a8_int8,fp8_dynamic,w4a16")
     steps.choices["designs"].add_argument("--chunks", type=int, default=16, help="the chunked design's chunks")
-    steps.choices["designs"].add_argument("--passes", type=int, default=4, help="the whole design's passes")
+    steps.choices["designs"].add_argument("--passes", type=int, default=3, help="the whole design's passes")
+    steps.choices["designs"].add_argument("--reference-passes", type=int, default=3,
+                                          help="further whole passes: the quantity the default estimates")
     steps.choices["designs"].add_argument("--memory", type=float, default=0.85)
     steps.choices["designs"].add_argument("--volumes", choices=list(SIZES), default="reduced")
+    steps.choices["sizing"].add_argument("--models", default="bf16,w8a8_int8,fp8_dynamic,w4a16")
     steps.choices["design-report"].add_argument("sessions", nargs=1, help="a designs step JSON file")
     steps.choices["train"].add_argument("--config", required=True, help="folder with the real config and tokenizer")
     steps.choices["train"].add_argument("--parts", default="prune,distill_online,distill_top64,sft")
