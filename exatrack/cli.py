@@ -241,6 +241,17 @@ def rank(registered_model, fingerprint, source, estimator):
 
 
 @main.command()
+@click.argument("run_id")
+def rescore(run_id):
+    """Score the session of evaluation run RUN_ID again from its kept answers, without generating again."""
+    from exatrack.rescore import rescore as run_rescore
+
+    for rid, name in run_rescore(run_id).items():
+        echo(f"{name}: rescored run {rid}")
+    echo("exatrack rank scores the session's runs against their base again")
+
+
+@main.command()
 @option("fingerprint", default=None, help="the evaluation fingerprint; default: that of the newest base")
 @option("source", default=None, help="the source model; default: that of the newest base")
 @option("estimator", default="sum", show_default=True, type=click.Choice(["sum", "median"]), help="speed estimator")

@@ -301,7 +301,7 @@ class Session:
                     if log.exists():
                         for run_id in opened.values():
                             client.log_artifact(run_id, str(log), "logs")
-                keep_answers(client, opened, response)
+                keep_answers(client, opened, response, self)
                 if error := response["models"]["base"].get("error"):
                     raise ExatrackError(f"vLLM could not serve the base {self.models['base'].ref}: {error}")
                 failed = {}
@@ -357,13 +357,24 @@ def scored_or_failed(name: str, rows: list[dict], answers: list) -> Result:
         return Result({REGISTRY[name].primary: None, "n": len(rows)}, predictions, {"score_error": why})
 
 
-def keep_answers(client, opened: dict, response: dict) -> None:
+def keep_answers(client, opened: dict, response: dict, session: "Session") -> None:
     """Every model's answers and timings, as the engine returned them, on its run before anything is
-    scored: a scoring failure (a judge, a bad row) then loses no generation (answers.json)."""
+    scored (answers.json), with what they were generated under (generation.json): a scoring failure
+    (a judge, a bad row) then loses no generation, and `exatrack rescore` scores them again."""
     for key, run_id in opened.items():
         generated = {name: bench[key] for name, bench in response["benchmarks"].items() if key in bench}
         if generated:
             client.log_dict(run_id, generated, "answers.json")
+            client.log_dict(run_id, generation(key, session, response), "generation.json")
+
+
+def generation(key: str, session: "Session", response: dict) -> dict:
+    """What one model's answers were generated under: the settings, the rows (their sources and content
+    hashes) and the serving stack, everything its scores and fingerprint are made of beside the answers."""
+    return {"settings": asdict(session.settings), "sources": {name: session.sources[name] for name in session.rows},
+            "content": {name: content_hash(rows) for name, rows in session.rows.items()},
+            "engine": response["models"][key], "base_max_model_len": response["models"]["base"].get("max_model_len"),
+            **{k: response[k] for k in ("vllm_version", "stack", "device")}}
 
 
 def end_failed(client, run_id: str, why: str, status: str = "FAILED") -> None:
@@ -380,42 +391,49 @@ def description(model: Model, is_base: bool, lane: str | None) -> str:
 
 
 def log_evaluation(key: str, session: Session, response: dict) -> None:
+    used = response["models"][key]
+    check_kv_cache(kv_cache_dtype(session.settings, session.models[key]), used["kv_cache_dtype"])
+    generated = {name: bench[key] for name, bench in response["benchmarks"].items()}
+    log_scores(session.settings, session.rows, generated, generation(key, session, response))
+
+
+def log_scores(settings: Settings, rows: dict, generated: dict, kept: dict) -> None:
+    """One model's scores, speed and fingerprint from its answers (`generated`, as answers.json keeps
+    them) and what they were generated under (`kept`, as generation.json keeps it), on the active run:
+    what `evaluate` logs after its session and `rescore` logs again."""
     import mlflow
 
-    model, settings, rows = session.models[key], session.settings, session.rows
-    generated = {name: bench[key] for name, bench in response["benchmarks"].items()}
     answers = {name: g["answers"] for name, g in generated.items()}
     results = {name: scored_or_failed(name, rows[name], answers[name]) for name in rows}
-    used = response["models"][key]
-    check_kv_cache(kv_cache_dtype(settings, model), used["kv_cache_dtype"])
-    conditions = fingerprint(settings, rows, response, response["models"]["base"]["max_model_len"])
+    used = kept["engine"]
+    conditions = fingerprint(settings, rows, kept, kept["base_max_model_len"])
     mlflow.log_metrics(evaluation_metrics(results, generated, used["load_time_s"]))
     mlflow.log_metrics({k: used[k] for k in ("kv_cache_tokens", "kv_tokens_needed") if used.get(k) is not None})
     scored = [n for n, r in results.items() if r.metrics[REGISTRY[n].primary] is not None]
     tags = {
         FINGERPRINT: fingerprint_id(conditions),
-        "exatrack.vllm_version": response["vllm_version"],
-        "exatrack.serving_stack": ", ".join(f"{k} {v}" for k, v in response["stack"].items()),
-        "exatrack.device": response["device"],
+        "exatrack.vllm_version": kept["vllm_version"],
+        "exatrack.serving_stack": ", ".join(f"{k} {v}" for k, v in kept["stack"].items()),
+        "exatrack.device": kept["device"],
         "exatrack.kv_cache_dtype": used["kv_cache_dtype"],
         "exatrack.kv_starved": str(bool(used.get("starved"))).lower(),
         "exatrack.perf_benchmarks": ",".join(scored),
         "exatrack.timing": ",".join(sorted({g["clock"] for g in generated.values()})),
         **{f"eval.{k}": str(v) for k, v in asdict(settings).items()},
-        **{f"eval.source.{name}": session.sources[name] for name in rows},
+        **{f"eval.source.{name}": kept["sources"][name] for name in rows},
         **{f"{name}.{k}": str(v) for name, r in results.items() for k, v in r.notes.items()},
     }
     mlflow.set_tags({k: tracking.redact(v) for k, v in tags.items()})
     mlflow.log_dict(conditions, "fingerprint.json")
     for name, benchmark_rows in rows.items():
-        tracking.log_dataset(name, REGISTRY[name].location(session.sources[name]), benchmark_rows, "evaluation",
+        tracking.log_dataset(name, REGISTRY[name].location(kept["sources"][name]), benchmark_rows, "evaluation",
                              REGISTRY[name].split)
     mlflow.log_dict({"items": {name: REGISTRY[name].item_scores(r) for name, r in results.items()},
                      "chunks": {name: g["chunks"] for name, g in generated.items()}}, "paired.json")
     for name, result in results.items():
         table = {k: [str(p.get(k)) if k in ("parsed", "gold", "id") else p.get(k) for p in result.predictions]
                  for k in result.predictions[0]}
-        mlflow.log_table(table, artifact_file=f"predictions/{name}.json")
+        tracking.log_table(table, f"predictions/{name}.json")
     skipped = [name for name in results if name not in scored]
     if skipped:
         log.warning("left out of perf (no score): %s", ", ".join(skipped))

@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import subprocess
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -284,6 +285,24 @@ def log_folder(folder: Path, artifact_path: str) -> None:
     import mlflow
 
     mlflow.log_artifacts(str(folder), artifact_path)
+
+
+def log_table(table: dict, artifact_file: str) -> None:
+    """mlflow.log_table on the active run, except that a table already there is replaced, not appended
+    to (MLflow appends): a run scored again (`exatrack rescore`) shows each prediction once."""
+    import mlflow
+
+    run_id = mlflow.active_run().info.run_id
+    folder = os.path.dirname(artifact_file)
+    if artifact_file not in {f.path for f in mlflow.MlflowClient().list_artifacts(run_id, folder or None)}:
+        mlflow.log_table(table, artifact_file=artifact_file)
+        return
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, os.path.basename(artifact_file))
+        pd.DataFrame(table).to_json(path, orient="split", index=False, date_format="iso")  # as log_table writes it
+        mlflow.log_artifact(path, folder or None)
 
 
 def log_figure(fig, artifact_file: str) -> None:

@@ -210,6 +210,11 @@ CASES = [
          id="evaluate-run-without-checkpoint"),
     case("evaluate --model tiny,{tiny_copy}", "the candidates derive from different models", "pass --base",
          id="evaluate-candidates-of-two-families"),
+    # rescore
+    case("rescore 0123456789abcdef0123456789abcdef", "no run 0123456789abcdef0123456789abcdef in this tracking store",
+         "pass an evaluation run's id", id="rescore-unknown-run"),
+    case("rescore {no_checkpoint}", "is a non-exatrack run, not an evaluation", "pass the id of an evaluation run",
+         id="rescore-not-an-evaluation"),
     # record-official
     case("record-official 0123abc --score nan", "--score nan is not an official challenge score", "between 0 and 1",
          id="official-score-nan"),
