@@ -290,6 +290,9 @@ def promote(version, registered_model, out, verify, grader_check, dry_run):
 
     done = run_promote(version, registered_model, out, verify, dry_run=dry_run, grader_check=grader_check)
     if dry_run:
+        from exatrack import card
+
+        echo(card.of(registered_model, version))
         echo("would package: " + ", ".join(p.name for p in done) + f" into {out}; nothing changed")
     else:
         echo(f"submission: {done}")

@@ -13,7 +13,7 @@ from exatrack import evaluate
 from exatrack.bench import REGISTRY
 from exatrack.models import SOURCE_MODEL
 from exatrack.tracking import quoted
-from exatrack.score import Measured, Score, Unscorable, paired_score
+from exatrack.score import Difference, Measured, Score, Unscorable, paired_difference, paired_score, recovery
 
 BASE_SCORE = 0.5  # the base against itself: PerfNorm 1, SpeedNorm 0
 
@@ -24,7 +24,10 @@ class Entry:
     base_run_id: str | None = None
     score: Score | None = None
     reason: str = ""
-    tied: bool = False  # with the leader: their score intervals overlap
+    tied: bool = False  # with the leader: see mark_ties
+    to_leader: Difference | None = None  # this lane minus the leader, paired (same session only)
+    recovery: dict = field(default_factory=dict)  # benchmark -> Recovery against the base
+    measured: Measured | None = None
     official: float | None = None
     estimate: tuple | None = None  # (low, mid, high) of the official score, from recorded pairs
 
@@ -97,6 +100,7 @@ def load_measured(run) -> Measured:
         judges={n: tags[f"{n}.judge"] for n in names if f"{n}.judge" in tags},
         items=items,
         chunks=chunks,
+        tokens={n: metrics[f"{n}.gen_tokens"] for n in chunks if f"{n}.gen_tokens" in metrics},
     )
 
 
@@ -149,18 +153,29 @@ def build(runs: list, fingerprint: str, source: str, estimator: str = "sum") -> 
         try:
             if base.info.run_id not in measured_bases:
                 measured_bases[base.info.run_id] = load_measured(base)
-            entry.score = paired_score(load_measured(run), measured_bases[base.info.run_id], estimator)
+            entry.measured = load_measured(run)
+            entry.score = paired_score(entry.measured, measured_bases[base.info.run_id], estimator)
+            entry.recovery = recovery(entry.measured, measured_bases[base.info.run_id])
         except Unscorable as err:
             entry.reason = str(err)
-    mark_ties(board)
+    mark_ties(board, measured_bases, estimator)
     estimate_official(board)
     return board
 
 
-def mark_ties(board: Board) -> None:
-    """Tied with the leader: the score intervals overlap (conservative across sessions)."""
+def mark_ties(board: Board, bases: dict, estimator: str) -> None:
+    """Tied with the leader: for a lane of the leader's own session, the paired interval of its score
+    minus the leader's holds 0; for a lane of another session (another base, other units) nothing is
+    shared to pair on, and tied means their two intervals overlap, a conservative rule said as such."""
     leader = board.leader
     for entry in board.scored[1:]:
+        if entry.base_run_id == leader.base_run_id:
+            try:
+                entry.to_leader = paired_difference(entry.measured, leader.measured, bases[entry.base_run_id], estimator)
+                entry.tied = 0 in entry.to_leader.score_ci
+                continue
+            except Unscorable as err:
+                entry.reason = f"not paired with the leader ({err})"
         entry.tied = entry.score.score_ci.high >= leader.score.score_ci.low
 
 

@@ -11,7 +11,7 @@ import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from exatrack import ExatrackError, models, processes, tracking
+from exatrack import ExatrackError, card, models, processes, tracking
 from exatrack.registry import CHAMPION, REGISTERED_MODEL, SUBMISSION
 
 log = logging.getLogger(__name__)
@@ -237,5 +237,6 @@ def promote(version: str = CHAMPION, model_name: str = REGISTERED_MODEL, out: st
         client.set_registered_model_alias(model_name, SUBMISSION, chosen.version)
         if checked:
             client.set_model_version_tag(model_name, chosen.version, "grader_check", f"passed ({stack_name(checked)})")
+        card.write(client, model_name, chosen.version)
         mlflow.set_tags({"exatrack.submission_version": chosen.version, "exatrack.source_run_id": chosen.run_id})
     return zip_path

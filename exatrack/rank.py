@@ -17,8 +17,17 @@ def log_scores(client, board) -> None:
             metrics.update({key: getattr(s, key), f"{key}_low": interval.low, f"{key}_high": interval.high})
         if entry.estimate:
             metrics["official_estimate"] = entry.estimate[1]
+        if d := entry.to_leader:
+            metrics.update(to_leader=d.score, to_leader_low=d.score_ci.low, to_leader_high=d.score_ci.high)
+        for name, r in entry.recovery.items():
+            if r.ratio is not None:
+                metrics.update({f"{name}.recovery": r.ratio, f"{name}.recovery_low": r.ci.low,
+                                f"{name}.recovery_high": r.ci.high})
+            if r.token_ratio is not None:
+                metrics[f"{name}.token_ratio"] = r.token_ratio
         tags = {"base_run_id": entry.base_run_id, "exatrack.score_benchmarks": ",".join(s.benchmarks),
-                "exatrack.tied_with_leader": "yes" if entry.tied else "no"}
+                "exatrack.tied_with_leader": "yes" if entry.tied else "no",
+                "exatrack.tie_rule": "paired" if entry.to_leader or place == 1 else "intervals overlap (other session)"}
         for run_id in filter(None, (entry.run.info.run_id, entry.checkpoint_run)):
             for key, value in metrics.items():
                 client.log_metric(run_id, key, value)
@@ -34,6 +43,7 @@ def log_board(board) -> None:
     mlflow.log_text(render.to_csv(board), "leaderboard.csv")
     if board.scored:
         tracking.log_figure(render.plot(board), "leaderboard.png")
+        tracking.log_figure(render.recovery_plot(board), "recovery.png")
     mlflow.set_tag("exatrack.verdict", board.verdict()[:5000])
 
 

@@ -23,6 +23,7 @@ def register_champion(client, board, model_name: str) -> str | None:
     warning, when no lane beats the base."""
     from mlflow.exceptions import MlflowException
 
+    from exatrack import card
     from exatrack.leaderboard import BASE_SCORE
     from exatrack.tracking import quoted
 
@@ -50,6 +51,7 @@ def register_champion(client, board, model_name: str) -> str | None:
         client.set_model_version_tag(model_name, version.version, key, value)
     mark_champion(client, model_name, run_id)
     client.set_registered_model_alias(model_name, CHAMPION, version.version)
+    card.write(client, model_name, version.version)
     return version.version
 
 

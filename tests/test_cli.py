@@ -114,6 +114,9 @@ def test_leaderboard_is_read_only_and_promote_dry_run_changes_nothing(tiny_model
                                     "--dry-run"])
     assert dry.exit_code == 0 and "would package: " in dry.output and "config.json" in dry.output
     assert len(client.search_runs([experiment])) == before and not (tmp_path / "b.zip").exists()
+    card = client.get_model_version_by_alias("EXAONE-cli-board", "champion").description
+    assert "### Lineage" in dry.output and "### Recovery per benchmark" in dry.output  # the model card, printed
+    assert card.strip() in dry.output  # what the registry holds, the dry run changing nothing
 
 
 def test_boolean_options_work_as_flags_and_take_the_values_mlproject_passes():

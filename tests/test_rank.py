@@ -9,6 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from exatrack import ExatrackError, evaluate, leaderboard, models, quantize, serving
+from exatrack.bench import REGISTRY
 from exatrack.evaluate import Settings
 from exatrack.rank import rank, record_official
 from exatrack.render import markdown, to_csv
@@ -83,7 +84,21 @@ def test_the_leaderboard_carries_intervals_and_a_verdict(fast):
     assert {"score_low", "score_high", "perf_norm_low", "speed_norm_high", "tied"} <= set(header)
     ranking = MlflowClient().search_runs([mlflow.get_experiment_by_name("rank-test").experiment_id],
                                          "tags.`exatrack.kind` = 'rank'", order_by=["attributes.start_time DESC"])[0]
-    assert {"leaderboard.md", "leaderboard.csv", "leaderboard.png"} <= {a.path for a in MlflowClient().list_artifacts(ranking.info.run_id)}
+    assert {"leaderboard.md", "leaderboard.csv", "leaderboard.png", "recovery.png"} <= {
+        a.path for a in MlflowClient().list_artifacts(ranking.info.run_id)}
+
+
+def test_every_lane_of_the_session_carries_its_paired_difference_to_the_leader_and_its_recovery(fast):
+    board = rank("EXAONE-rank-test")
+    client = MlflowClient()
+    for e in board.scored[1:]:  # one session: every lane is paired with the leader
+        m, tags = client.get_run(e.run.info.run_id).data.metrics, client.get_run(e.run.info.run_id).data.tags
+        assert m["to_leader_low"] <= m["to_leader"] <= m["to_leader_high"] and tags["exatrack.tie_rule"] == "paired"
+        assert m["to_leader"] == pytest.approx(e.score.score - board.leader.score.score)
+        for name in e.score.benchmarks:
+            assert m[f"{name}.recovery"] == pytest.approx(m[f"{name}.{REGISTRY[name].primary}"] /
+                                                          client.get_run(fast.base).data.metrics[f"{name}.{REGISTRY[name].primary}"])
+            assert m[f"{name}.token_ratio"] > 0
 
 
 def test_another_source_model_never_competes_and_the_newest_base_sets_the_default_board(fast, checkpoints, tmp_path, monkeypatch):
@@ -141,3 +156,19 @@ def test_official_scores_give_an_estimate_with_the_spread_of_their_ratios(fast):
 def test_an_official_score_outside_0_1_is_refused(fast, score):
     with pytest.raises(ExatrackError, match="is not an official challenge score"):
         record_official(next(iter(fast.runs.values())), score)
+
+
+def test_a_registered_version_carries_its_model_card(fast):
+    from exatrack import card
+
+    board = rank("EXAONE-rank-test")
+    client = MlflowClient()
+    version = client.get_model_version_by_alias("EXAONE-rank-test", "champion")
+    text = version.description
+    for title in card.SECTIONS:
+        assert f"### {title}\n" in text
+    s = board.leader.score
+    assert f"score {s.score:.4f} [{s.score_ci.low:.4f}, {s.score_ci.high:.4f}]" in text
+    assert f"fingerprint {board.fingerprint}" in text and "quantize (run " in text and "source model: " in text
+    assert "KMMLU-Redux: " in text or "KMMLU-Pro: " in text
+    assert "not checked yet" in text and "none recorded" in text
