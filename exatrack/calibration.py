@@ -9,7 +9,8 @@ import logging
 import random
 from pathlib import Path
 
-from exatrack import DATA_DIR, ExatrackError, read_records
+from exatrack import DATA_DIR
+from exatrack.basics import ExatrackError, read_records
 
 log = logging.getLogger(__name__)
 FILE_TYPES = (".jsonl", ".json", ".parquet")

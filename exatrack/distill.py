@@ -12,7 +12,8 @@ in memory together. The store is logged as `teacher_topk.safetensors`; passing i
 import functools
 import tempfile
 
-from exatrack import ExatrackError, checkpoint, models, torch_device, train
+from exatrack import checkpoint, models, train
+from exatrack.basics import ExatrackError, torch_device
 from exatrack.proxy import quality_proxy
 
 STORE = "teacher_topk.safetensors"

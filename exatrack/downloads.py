@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from urllib.parse import urlparse
 
-from exatrack import ExatrackError, cache_dir
+from exatrack.basics import ExatrackError, cache_dir
 
 DEFAULT_GB = 20
 IN_USE = ".in-use"  # in each entry: shared-locked by every process using it; its mtime is the last use

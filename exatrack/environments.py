@@ -22,7 +22,8 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from exatrack import DATA_DIR, ExatrackError, cache_dir
+from exatrack import DATA_DIR
+from exatrack.basics import ExatrackError, cache_dir
 
 PIP = "pip==25.3"  # installed into every environment by uv; pip finds a machine's local torch wheel, uv does not
 # uv writes no bytecode unless asked (pip does), and where PYTHONDONTWRITEBYTECODE is set (containers, CI

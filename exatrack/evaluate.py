@@ -18,7 +18,8 @@ import statistics
 import uuid
 from dataclasses import asdict, dataclass
 
-from exatrack import ExatrackError, digest, models, serving, stats, tracking
+from exatrack import models, serving, stats, tracking
+from exatrack.basics import ExatrackError, digest, redact
 from exatrack.bench import REGISTRY, Result, content_hash, subset
 from exatrack.environments import has_gpu
 from exatrack.models import Model
@@ -378,7 +379,7 @@ def generation(key: str, session: "Session", response: dict) -> dict:
 
 
 def end_failed(client, run_id: str, why: str, status: str = "FAILED") -> None:
-    client.set_tag(run_id, "exatrack.error", tracking.redact(why)[:5000])
+    client.set_tag(run_id, "exatrack.error", redact(why)[:5000])
     if status == "KILLED":
         client.set_tag(run_id, tracking.ENDED, tracking.INTERRUPTED)
     client.set_terminated(run_id, status)
@@ -423,7 +424,7 @@ def log_scores(settings: Settings, rows: dict, generated: dict, kept: dict) -> N
         **{f"eval.source.{name}": kept["sources"][name] for name in rows},
         **{f"{name}.{k}": str(v) for name, r in results.items() for k, v in r.notes.items()},
     }
-    mlflow.set_tags({k: tracking.redact(v) for k, v in tags.items()})
+    mlflow.set_tags({k: redact(v) for k, v in tags.items()})
     mlflow.log_dict(conditions, "fingerprint.json")
     for name, benchmark_rows in rows.items():
         tracking.log_dataset(name, REGISTRY[name].location(kept["sources"][name]), benchmark_rows, "evaluation",

@@ -22,7 +22,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exatrack import ExatrackError, environments
+from exatrack import environments
+from exatrack.basics import ExatrackError
 
 CAPABILITY = "8.9"  # the challenge grader's NVIDIA L4: FP8 W8A8 kernels need 8.9 (on 8.0 vLLM picks W8A16)
 # Both loads run the same torch on the same weights, so they agree exactly where the files are read

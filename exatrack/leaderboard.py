@@ -123,7 +123,7 @@ def default_scope(runs: list) -> tuple[str, str] | None:
 
 def for_scope(client, experiment_id: str, fingerprint: str | None, source: str | None, estimator: str = "sum") -> Board:
     """The board of the named fingerprint and source model, else of the newest base's."""
-    from exatrack import ExatrackError
+    from exatrack.basics import ExatrackError
 
     runs = evaluation_runs(client, experiment_id, fingerprint, source)
     scope = (fingerprint, source) if fingerprint and source else default_scope(runs)

@@ -9,7 +9,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exatrack import ExatrackError, downloads
+from exatrack import downloads
+from exatrack.basics import ExatrackError
 
 DEFAULT_MODEL = "LGAI-EXAONE/EXAONE-4.0-1.2B"
 SOURCE_MODEL = "exatrack.source_model"  # the tag naming the uncompressed model a run's checkpoint derives from

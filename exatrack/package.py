@@ -11,7 +11,8 @@ import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from exatrack import ExatrackError, card, models, processes, tracking
+from exatrack import card, models, processes, tracking
+from exatrack.basics import ExatrackError
 from exatrack.registry import CHAMPION, REGISTERED_MODEL, SUBMISSION
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,8 @@ import functools
 import json
 import time
 
-from exatrack import ExatrackError, calibration, checkpoint, torch_device, tracking
+from exatrack import calibration, checkpoint, tracking
+from exatrack.basics import ExatrackError, torch_device
 
 
 def layer_statistics(model, batches) -> tuple[list[float], list]:

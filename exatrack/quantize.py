@@ -11,7 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from exatrack import ExatrackError, calibration, checkpoint, models, recipes, tracking
+from exatrack import calibration, checkpoint, models, recipes, tracking
+from exatrack.basics import ExatrackError
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,8 @@
 on its evaluation run, log the board (markdown, CSV, plot) on a ranking run, and point `champion` at
 the leader where it beats the base."""
 
-from exatrack import ExatrackError, leaderboard, registry, render, stats, tracking
+from exatrack import leaderboard, registry, render, stats, tracking
+from exatrack.basics import ExatrackError
 from exatrack.registry import REGISTERED_MODEL
 
 

@@ -4,7 +4,7 @@ cluster on one box; `--ray-address` joins a real one.
 
 Lanes sharing a prefix (prune -> distill -> ...) share its step keys, so the prefix is one task that
 its lanes' next steps wait on: it runs once, as in turn. Every task logs to the pipeline's tracking
-store under the pipeline's run, exactly as the sequential path does (pipeline.make_step), so resume,
+store under the pipeline's run, exactly as the sequential path does (steps.make_step), so resume,
 --force and lineage do not depend on how the lanes ran. Tasks are never retried: a crashed worker
 fails its lane (and the lanes waiting on it) alone, and its run, left RUNNING by the dead process,
 is ended FAILED. Ctrl-C cancels every task and ends their runs KILLED.
@@ -21,7 +21,8 @@ import socket
 import time
 from pathlib import Path
 
-from exatrack import ExatrackError, checkpoint, console, tracking
+from exatrack import checkpoint, console, tracking
+from exatrack.basics import ExatrackError
 
 log = logging.getLogger(__name__)
 WHERE = "exatrack.worker"  # tag on a step's run: the host and GPU its Ray task ran on
@@ -77,7 +78,8 @@ def run_step(before: tuple, lane: str, step: str, params: dict, key: str, calib:
     import ray
     from mlflow import MlflowClient
 
-    from exatrack import pipeline, processes
+    from exatrack import processes
+    from exatrack.steps import make_step
 
     os.environ.pop("MLFLOW_RUN_ID", None)  # `mlflow run`'s run is the pipeline's; a step's run is its own child
     tracking.redact_logs()
@@ -85,8 +87,8 @@ def run_step(before: tuple, lane: str, step: str, params: dict, key: str, calib:
     where = f"{socket.gethostname()} GPU {','.join(map(str, ray.get_gpu_ids())) or 'none'}"
     client = MlflowClient()
     client.set_tag(parent_id, f"lane.{lane}", f"running {step} on {where}")
-    run_id, reused = pipeline.make_step(client, experiment_id, lane, step, params, before[0], key, calib,
-                                        parent_id, force)
+    run_id, reused = make_step(client, experiment_id, lane, step, params, before[0], key, calib,
+                               parent_id, force)
     if not reused:
         client.set_tag(run_id, WHERE, where)
     return checkpoint.uri(run_id), reused and before[1], where
@@ -95,7 +97,7 @@ def run_step(before: tuple, lane: str, step: str, params: dict, key: str, calib:
 def make_lanes(lanes: dict, base: str, calib: str | None, parent_id: str, experiment_id: str, force: bool,
                workers: int, address: str | None) -> tuple[dict, dict]:
     """Every lane over Ray: lane -> final checkpoint, lane -> status, as pipeline.make_lanes_in_turn."""
-    from exatrack.pipeline import step_key
+    from exatrack.steps import step_key
 
     ray = start(workers, address, experiment_id)
     refs, last = {}, {}  # step key -> its task; lane -> its last step's task
@@ -174,7 +176,7 @@ def wait(ray, lanes: dict, refs: dict, last: dict, parent_id: str, stop: Interru
 
 
 def lane_failure(err: BaseException) -> str:
-    from exatrack.pipeline import failure
+    from exatrack.steps import failure
 
     cause = getattr(err, "cause", None) or err  # a RayTaskError wraps the step's own exception
     return failure(cause)

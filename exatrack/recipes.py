@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from exatrack import ExatrackError
+from exatrack.basics import ExatrackError
 
 # The recipes shipped with the package (in a checkout, a link to the top-level recipes/ folder).
 PROJECT_RECIPES = Path(__file__).resolve().parent / "recipes"

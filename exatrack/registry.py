@@ -10,7 +10,7 @@ SUBMISSION = "submission"
 
 
 def check_name(model_name: str) -> None:
-    from exatrack import ExatrackError
+    from exatrack.basics import ExatrackError
     from exatrack.tracking import quoted
 
     if not model_name.startswith("EXAONE"):

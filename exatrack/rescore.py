@@ -10,7 +10,8 @@ fingerprint, and a base scored one way beside a candidate scored another would n
 
 import logging
 
-from exatrack import ExatrackError, tracking
+from exatrack import tracking
+from exatrack.basics import ExatrackError
 from exatrack.bench import REGISTRY, content_hash, subset
 from exatrack.evaluate import BASE, SESSION, Settings, log_scores
 

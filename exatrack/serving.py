@@ -10,7 +10,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from exatrack import ExatrackError, console, environments, processes
+from exatrack import console, environments, processes
+from exatrack.basics import ExatrackError
 from exatrack.environments import has_gpu
 
 WORKER = Path(__file__).with_name("worker.py")

@@ -7,7 +7,8 @@ every token, as TRL's SFTTrainer does by default for conversational data.
 
 import functools
 
-from exatrack import ExatrackError, checkpoint, torch_device, train
+from exatrack import checkpoint, train
+from exatrack.basics import ExatrackError, torch_device
 
 PARAMS = {
     "lora_rank": {"default": 16, "ge": 1, "help": "LoRA rank r"},

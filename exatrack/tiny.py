@@ -10,7 +10,9 @@ import json
 import shutil
 from pathlib import Path
 
-from exatrack import DATA_DIR, cache_dir, compat, console
+from exatrack import compat, console
+from exatrack import DATA_DIR
+from exatrack.basics import cache_dir
 
 # The real config's architecture, scaled down. Widths are multiples of 128 so that every recipe
 # (W4A16 uses groups of 128) and every vLLM kernel accepts the tiny checkpoints.

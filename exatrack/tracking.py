@@ -7,22 +7,18 @@ points all of them at a team server instead.
 
 import logging
 import os
-import re
 import subprocess
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from exatrack import ExatrackError, console, processes
+from exatrack import console, processes
+from exatrack.basics import ExatrackError, redact
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "exatrack"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-# Environment variables whose values must never reach a param, tag, artifact or log line.
-SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "EXATRACK_JUDGE_API_KEY", "OPENAI_API_KEY")
-# scheme://user:pass@ or scheme://token@, and scheme:/user:pass@ as a Path spells a URL; never models:/name@alias
-URL_CREDENTIALS = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*:)(//[^/\s@]+|/[^/\s@:]+:[^/\s@]*)@")
 # Tags naming the process that runs a run, so that a run left RUNNING by a killed process can be ended.
 HOST, PID, PID_STARTED = "exatrack.host", "exatrack.pid", "exatrack.pid_started"
 ENDED = "exatrack.ended"  # tag: why exatrack, not the run's own process, ended a run
@@ -227,14 +223,6 @@ def system_metrics() -> bool:
     import shutil
 
     return shutil.which("nvidia-smi") is not None and importlib.util.find_spec("pynvml") is not None
-
-
-def redact(text: str) -> str:
-    """The text with the secrets of SECRET_ENV and any credentials inside URLs (https://user:pass@host) masked."""
-    for name in SECRET_ENV:
-        if secret := os.environ.get(name):
-            text = text.replace(secret, "***")
-    return URL_CREDENTIALS.sub(r"\1//***@", text)
 
 
 def redact_logs() -> None:

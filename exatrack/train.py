@@ -8,7 +8,8 @@ the rest Trainer brings, and twenty lines are easier to read than its callbacks.
 import math
 import time
 
-from exatrack import ExatrackError, calibration, console, torch_device, tracking
+from exatrack import calibration, console, tracking
+from exatrack.basics import ExatrackError, torch_device
 
 # What both training steps take, beside their own parameters.
 PARAMS = {

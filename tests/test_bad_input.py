@@ -25,8 +25,8 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from exatrack import processes
+from exatrack.basics import redact
 from exatrack.cli import main
-from exatrack.tracking import redact
 
 
 def case(args: str, *says: str, run: bool = False, env: dict | None = None, id: str):

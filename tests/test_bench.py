@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from exatrack import ExatrackError
-from exatrack.bench import REGISTRY, subset
+from exatrack.basics import ExatrackError
 from exatrack.bench import komt, longrag, mcqa
+from exatrack.bench import REGISTRY, subset
 from exatrack.bench.judge import Judge, JudgeUnavailable, parse_rating
 from exatrack.evaluate import Settings
 from tests.conftest import shared

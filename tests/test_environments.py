@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from exatrack import ExatrackError, environments
+from exatrack import environments
+from exatrack.basics import ExatrackError
 from exatrack.environments import Environment
 
 

@@ -5,7 +5,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from exatrack import ExatrackError
+from exatrack.basics import ExatrackError
 from exatrack.leaderboard import evaluation_runs
 from exatrack.models import SOURCE_MODEL
 from exatrack.registry import check_name

@@ -4,7 +4,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from exatrack import ExatrackError, models
+from exatrack import models
+from exatrack.basics import ExatrackError
 from exatrack.tiny import ARCH
 
 

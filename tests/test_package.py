@@ -8,7 +8,8 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from exatrack import ExatrackError, models, quantize
+from exatrack import models, quantize
+from exatrack.basics import ExatrackError
 from exatrack.package import check, promote, select_files
 
 

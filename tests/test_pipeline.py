@@ -14,7 +14,8 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from exatrack import ExatrackError, serving
+from exatrack import serving
+from exatrack.basics import ExatrackError
 from exatrack.evaluate import Settings
 from exatrack.pipeline import load_lanes
 from exatrack.pipeline import pipeline as run_pipeline

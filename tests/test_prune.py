@@ -6,7 +6,8 @@ import json
 import mlflow
 import pytest
 
-from exatrack import ExatrackError, models, prune
+from exatrack import models, prune
+from exatrack.basics import ExatrackError
 
 
 @pytest.fixture(scope="module")

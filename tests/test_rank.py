@@ -8,7 +8,8 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from exatrack import ExatrackError, evaluate, leaderboard, models, quantize, serving
+from exatrack import evaluate, leaderboard, models, quantize, serving
+from exatrack.basics import ExatrackError
 from exatrack.bench import REGISTRY
 from exatrack.evaluate import Settings
 from exatrack.rank import rank, record_official

@@ -12,8 +12,8 @@ import pytest
 from mlflow import MlflowClient
 
 from exatrack import serving, tracking
-from exatrack.pipeline import STEP_INPUTS
 from exatrack.pipeline import pipeline as run_pipeline
+from exatrack.steps import STEP_INPUTS
 from tests.fakes import RecordedSession
 from tests.test_faults import EVALUATION, FAKE_VLLM, QUANTIZE, Folder
 from tests.test_pipeline import SETTINGS, SMALL

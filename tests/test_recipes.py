@@ -1,6 +1,7 @@
 import pytest
 
-from exatrack import ExatrackError, recipes
+from exatrack import recipes
+from exatrack.basics import ExatrackError
 
 GPTQ = ["w8a8", "w4a16", "w8a16"]
 

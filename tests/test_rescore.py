@@ -8,7 +8,8 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from exatrack import ExatrackError, evaluate, models, serving, tracking
+from exatrack import evaluate, models, serving, tracking
+from exatrack.basics import ExatrackError
 from exatrack.bench import REGISTRY
 from exatrack.rescore import rescore
 from tests.fakes import RecordedSession

@@ -7,7 +7,8 @@ import logging
 import mlflow
 import pytest
 
-from exatrack import ExatrackError, environments, evaluate, models, quantize, recipes, serving
+from exatrack import environments, evaluate, models, quantize, recipes, serving
+from exatrack.basics import ExatrackError
 from exatrack.evaluate import Settings
 from exatrack.pipeline import pipeline
 from tests.fakes import RecordedSession

@@ -7,7 +7,8 @@ import torch
 from mlflow import MlflowClient
 from safetensors.torch import load_file, save_file
 
-from exatrack import ExatrackError, distill, models, prune, sft
+from exatrack import distill, models, prune, sft
+from exatrack.basics import ExatrackError
 
 SMALL = {"num_samples": 32, "max_seq_len": 64, "epochs": 2, "lr": 1e-4}
 

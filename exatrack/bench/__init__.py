@@ -11,7 +11,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exatrack import DATA_DIR, ExatrackError, read_records
+from exatrack import DATA_DIR
+from exatrack.basics import ExatrackError, read_records
 
 REGISTRY: dict[str, "Benchmark"] = {}
 

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from exatrack import ExatrackError, cache_dir, console
+from exatrack import console
+from exatrack.basics import ExatrackError, cache_dir
 
 # FastChat llm_judge (common.py), which KoMT-Bench forks: the FIRST [[N]] (re.search), else the first [N].
 RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")

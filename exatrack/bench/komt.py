@@ -17,7 +17,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from exatrack import DATA_DIR, ExatrackError, read_records
+from exatrack import DATA_DIR
+from exatrack.basics import ExatrackError, read_records
 from exatrack.bench import Benchmark, Result, answer_text, register
 from exatrack.bench.judge import Judge, JudgeUnavailable, parse_rating
 
