@@ -16,7 +16,7 @@ setup: $(VENV)/.installed
 # pip and uv at the lock's versions first: their command lines below are written for those versions.
 # torch through pip (it finds a machine's local CPU wheel; uv does not look there), the rest through uv:
 # from a warm cache it installs in seconds where pip takes minutes. uv compiles the bytecode pip would
-# (exatrack/environments.py, UV_INSTALL, says why and what it saves).
+# (exatrack/core/environments.py, UV_INSTALL, says why and what it saves).
 $(VENV)/.installed: pyproject.toml $(LOCK) Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c $(LOCK) pip uv
@@ -44,7 +44,7 @@ demo: setup serving-env grader-env
 
 # For developers: resolve every lock again (the project's, the serving and grader environments').
 lock: setup
-	$(BIN)/python -m exatrack.environments
+	$(BIN)/python -m exatrack.core.environments
 
 clean:
 	rm -rf mlflow.db mlruns/[0-9]* mlruns/models submit.zip

@@ -9,7 +9,7 @@ calibration (GPTQ's cost does not depend on the values).
              GPU memory, and the quantized weights saved for `compare`
   compare    the variants' weights against the default's: equal int8 values, largest difference in steps
 
-Variants: `default` is llmcompressor's defaults; `shared` swaps in exatrack.gptq's shared-input
+Variants: `default` is llmcompressor's defaults; `shared` swaps in exatrack.compress.gptq's shared-input
 Hessians; `gpu` keeps the cached intermediates on the GPU (sequential_offload_device); `fast` is both.
 """
 
@@ -59,7 +59,7 @@ def run_oneshot(args, variant: str):
     from llmcompressor.modifiers.gptq import GPTQModifier
     from transformers import AutoModelForCausalLM
 
-    from exatrack import gptq
+    from exatrack.compress import gptq
 
     shared, options = VARIANTS[variant]
     model = AutoModelForCausalLM.from_pretrained(Path(args.out) / "bf16", dtype="auto", device_map="cuda")

@@ -2,7 +2,7 @@
 sweep, random weights, random-token calibration) fanned out through Ray with one GPU per task, on a
 local cluster of 1 GPU and then of 2 GPUs, in one call. Each task is exatrack's own compression step
 (`quantize.compress`: the recipe as data, the GPTQ fast path, the checkpoint saved); what is left out
-is MLflow logging, which the CPU tests cover (tests/test_ray_lanes.py).
+is MLflow logging, which the CPU tests cover (tests/lanes/test_ray_lanes.py).
 
   python3 benchmarks/ray_gptq_lanes.py --config .gpu/exaone --out /tmp/gs --json $OUT/ray-lanes.json
 """
@@ -27,7 +27,7 @@ def lane(source: str, damp: float, samples: int, seq_len: int, out: str) -> dict
     from transformers import AutoTokenizer
 
     from benchmarks.gptq_speed import calibration
-    from exatrack import quantize, recipes
+    from exatrack.compress import quantize, recipes
 
     started = time.perf_counter()
     recipe = recipes.load("w8a8")

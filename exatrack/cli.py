@@ -7,13 +7,13 @@ import threading
 
 import click
 
-from exatrack import distill as distill_step
-from exatrack import prune as prune_step
-from exatrack import recipes as recipe_registry
-from exatrack import sft as sft_step
-from exatrack.console import echo
-from exatrack.models import DEFAULT_MODEL
-from exatrack.registry import REGISTERED_MODEL
+from exatrack.compress import distill as distill_step
+from exatrack.compress import prune as prune_step
+from exatrack.compress import recipes as recipe_registry
+from exatrack.compress import sft as sft_step
+from exatrack.core.console import echo
+from exatrack.models.models import DEFAULT_MODEL
+from exatrack.publish.registry import REGISTERED_MODEL
 
 MODEL_HELP = "hub id, folder, tiny, runs:/... or models:/..."
 GRADER_CHECK_HELP = "read the package with the grader's stack first and refuse what it reads differently"
@@ -45,8 +45,8 @@ class Command(click.Command):
     def invoke(self, ctx):
         import os
 
-        from exatrack import console, tracking
-        from exatrack.processes import own_temp_folder
+        from exatrack.core import console, tracking
+        from exatrack.core.processes import own_temp_folder
 
         if self.name == "recipes":  # it only reads the package's files
             return super().invoke(ctx)
@@ -71,7 +71,7 @@ def main(experiment, verbose):
     """An MLflow-tracked lab for compressing EXAONE-4.0-1.2B for serving in vLLM."""
     import os
 
-    from exatrack import tracking
+    from exatrack.core import tracking
 
     tracking.redact_logs()
     if experiment:
@@ -89,7 +89,7 @@ def tiny(out):
     """Build (or reuse) the built-in tiny EXAONE-4 model and print its folder."""
     import shutil
 
-    from exatrack.tiny import tiny_path
+    from exatrack.models.tiny import tiny_path
 
     path = tiny_path()
     if out:
@@ -127,8 +127,8 @@ def quantize(model, recipe, calib, recipe_params, **params):
         if not sep:
             raise click.ClickException(f"--recipe_params '{pair}' is not name=value, e.g. smoothing=0.5")
         params[key.strip()] = value.strip()
-    from exatrack.checkpoint import uri
-    from exatrack.quantize import quantize as run_quantize
+    from exatrack.compress.checkpoint import uri
+    from exatrack.compress.quantize import quantize as run_quantize
 
     run_id = run_quantize(model, recipe, params, calib)
     echo(f"quantize finished: run {run_id}, checkpoint {uri(run_id)}")
@@ -171,7 +171,7 @@ def sft(model, calib, **params):
 
 def evaluation_options(command):
     """One option per field of evaluate.Settings, shared by `evaluate` and `pipeline`."""
-    from exatrack.evaluate import ALL
+    from exatrack.evaluate.session import ALL
 
     for decorator in reversed([
         option("benchmarks", default=ALL, show_default=True, help="comma-separated benchmark names"),
@@ -201,8 +201,9 @@ def evaluation_options(command):
 @evaluation_options
 def evaluate(model, base, **settings):
     """Evaluate candidates and their base side by side in vLLM on the Korean benchmarks."""
-    from exatrack import models
-    from exatrack.evaluate import Settings, evaluate as run_evaluate
+    from exatrack.evaluate.session import Settings
+    from exatrack.evaluate.session import evaluate as run_evaluate
+    from exatrack.models import models
 
     chosen = Settings(**settings)
     chosen.check()
@@ -231,8 +232,8 @@ def evaluate(model, base, **settings):
         help="speed: total time over total tokens, or the median per-chunk ratio")
 def rank(registered_model, fingerprint, source, estimator):
     """Score every evaluation against its session's base, with intervals; point `champion` at the leader."""
-    from exatrack.rank import rank as run_rank
-    from exatrack.render import markdown
+    from exatrack.publish.rank import rank as run_rank
+    from exatrack.score.render import markdown
 
     board = run_rank(registered_model, fingerprint=fingerprint, source=source, estimator=estimator)
     echo(markdown(board))
@@ -244,7 +245,7 @@ def rank(registered_model, fingerprint, source, estimator):
 @click.argument("run_id")
 def rescore(run_id):
     """Score the session of evaluation run RUN_ID again from its kept answers, without generating again."""
-    from exatrack.rescore import rescore as run_rescore
+    from exatrack.evaluate.rescore import rescore as run_rescore
 
     for rid, name in run_rescore(run_id).items():
         echo(f"{name}: rescored run {rid}")
@@ -259,8 +260,9 @@ def leaderboard(fingerprint, source, estimator):
     """Print the leaderboard with intervals; read-only: no run is logged, no alias moves."""
     from mlflow import MlflowClient
 
-    from exatrack import leaderboard as boards, tracking
-    from exatrack.render import markdown
+    from exatrack.core import tracking
+    from exatrack.score import leaderboard as boards
+    from exatrack.score.render import markdown
 
     echo(markdown(boards.for_scope(MlflowClient(), tracking.use_experiment(), fingerprint, source, estimator)))
 
@@ -270,7 +272,7 @@ def leaderboard(fingerprint, source, estimator):
 @option("score", type=float, required=True, help="the official challenge score of this run's submission")
 def record_official(run_id, score):
     """Store an official challenge score on a run; `rank` fits an estimate once two runs have one."""
-    from exatrack.rank import record_official as record
+    from exatrack.publish.rank import record_official as record
 
     record(run_id, score)
     echo(f"official score {score} recorded on run {run_id}")
@@ -286,11 +288,11 @@ def record_official(run_id, score):
 def promote(version, registered_model, out, verify, grader_check, dry_run):
     """Point `submission` at a version and build submit.zip with only what vLLM needs, once the grader's
     stack (vLLM 0.14.1) reads it as the model exatrack measured."""
-    from exatrack.package import promote as run_promote
+    from exatrack.publish.package import promote as run_promote
 
     done = run_promote(version, registered_model, out, verify, dry_run=dry_run, grader_check=grader_check)
     if dry_run:
-        from exatrack import card
+        from exatrack.publish import card
 
         echo(card.of(registered_model, version))
         echo("would package: " + ", ".join(p.name for p in done) + f" into {out}; nothing changed")
@@ -315,9 +317,9 @@ def promote(version, registered_model, out, verify, grader_check, dry_run):
 def pipeline(model, lanes, only, calib, force, registered_model, out, verify, grader_check, workers, ray_address,
              **settings):
     """Every lane through its steps, then all evaluated beside the base in one session, rank, promote."""
-    from exatrack.evaluate import Settings
-    from exatrack.pipeline import pipeline as run_pipeline
-    from exatrack.render import markdown
+    from exatrack.evaluate.session import Settings
+    from exatrack.lanes.pipeline import pipeline as run_pipeline
+    from exatrack.score.render import markdown
 
     done = run_pipeline(model, lanes, Settings(**settings), only, None if calib == "auto" else calib, force,
                         registered_model, out, verify, workers, ray_address, grader_check)
@@ -334,7 +336,7 @@ def pipeline(model, lanes, only, calib, force, registered_model, out, verify, gr
 @click.option("--build", is_flag=True, help="build it now if it is not built yet")
 def serving_env(build):
     """Print the interpreter of the pinned vLLM serving environment (building it with --build)."""
-    from exatrack import environments
+    from exatrack.core import environments
 
     echo(f"spec: {environments.chosen('serving').spec}")
     echo(f"python: {environments.python('serving', build=build)}")
@@ -344,7 +346,7 @@ def serving_env(build):
 @click.option("--build", is_flag=True, help="build it now if it is not built yet")
 def grader_env(build):
     """Print the interpreter of the grader's stack (vLLM 0.14.1) that `promote` checks every package with."""
-    from exatrack import environments
+    from exatrack.core import environments
 
     echo(f"spec: {environments.chosen('grader').spec}")
     echo(f"python: {environments.python('grader', build=build)}")

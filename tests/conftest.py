@@ -56,7 +56,7 @@ def mlflow_server(tracking_store):
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    from exatrack.tiny import tiny_path
+    from exatrack.models.tiny import tiny_path
 
     return tiny_path()
 
@@ -72,7 +72,7 @@ def quantized(tiny_model):
     once: test_quantize checks what they declare, test_grader how the grader's stack reads them."""
     import mlflow
 
-    from exatrack import quantize
+    from exatrack.compress import quantize
 
     small = {"num_samples": "16", "max_seq_len": "128"}
     return {name: mlflow.get_run(quantize.quantize("tiny", name, small)) for name in WRITABLE_RECIPES}

@@ -44,8 +44,8 @@ class RecordedSession:
 
 
 if __name__ == "__main__":  # the exatrack command line with a recorded session standing in for vLLM: tests of real processes
-    from exatrack import serving
     from exatrack.cli import main
+    from exatrack.evaluate import serving
 
     serving.run_session = RecordedSession()
     main(prog_name="exatrack")

@@ -24,9 +24,9 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from exatrack import processes
-from exatrack.basics import redact
 from exatrack.cli import main
+from exatrack.core import processes
+from exatrack.core.basics import redact
 
 
 def case(args: str, *says: str, run: bool = False, env: dict | None = None, id: str):
@@ -530,7 +530,7 @@ def test_a_read_only_working_folder_is_refused_at_once(tmp_path):
 def test_secrets_reach_no_param_tag_artifact_or_log_line(tiny_model, monkeypatch, caplog):
     """The HF token, the judge's key, and credentials inside the judge's URL, a calibration URL and
     MLFLOW_TRACKING_URI: none is kept in the store, printed, or logged, at any level."""
-    from exatrack import serving
+    from exatrack.evaluate import serving
     from tests.fakes import RecordedSession
     from tests.judge_server import FakeJudge
 
@@ -575,7 +575,7 @@ def runs_in(experiment: str) -> list[str]:
 def test_a_calibration_source_shorter_than_num_samples_is_used_whole_and_says_so(caplog):
     """The bundled sample holds 59 records and tiny's quantize asks for 512 by default: all 59 are used,
     and the warning names both numbers."""
-    from exatrack import calibration
+    from exatrack.compress import calibration
 
     with caplog.at_level(logging.WARNING):
         records = calibration.load_records("sample", 512)
@@ -586,7 +586,7 @@ def test_a_calibration_source_shorter_than_num_samples_is_used_whole_and_says_so
 @pytest.mark.parametrize("name", ["fp8_dynamic", "fp8_static", "rtn_w8a8", "smoothquant_w8a8", "sparse24_fp8", "w4a16",
                                   "w8a16", "w8a8", "w8a8_kv_fp8"])
 def test_every_shipped_recipe_passes_the_modifier_check_that_refuses_misspelt_ones(name):
-    from exatrack import recipes
+    from exatrack.compress import recipes
 
     recipe = recipes.load(name)
     recipe.check_modifiers(recipe.resolve_params({}))

@@ -57,7 +57,7 @@ def test_mlflow_run_quantize_entry_point(tiny_model, tmp_path):
 
 def test_an_evaluation_typo_leaves_the_checkpoint_run_finished(tiny_model):
     """`evaluate --benchmarks kmmlu_pro,unknownbench` used to turn a good quantize run FAILED."""
-    from exatrack import quantize
+    from exatrack.compress import quantize
 
     run_id = quantize.quantize("tiny", "w8a8", {"num_samples": "8", "max_seq_len": "64"})
     result = CliRunner().invoke(main, ["evaluate", "--model", f"runs:/{run_id}/checkpoint", "--benchmarks",
@@ -67,7 +67,7 @@ def test_an_evaluation_typo_leaves_the_checkpoint_run_finished(tiny_model):
 
 
 def test_a_pipeline_with_a_failed_lane_exits_non_zero_and_says_which(tiny_model, tmp_path, monkeypatch):
-    from exatrack import serving
+    from exatrack.evaluate import serving
     from tests.fakes import RecordedSession
 
     monkeypatch.setattr(serving, "run_session", RecordedSession())
@@ -94,7 +94,7 @@ def test_recipe_parameters_of_any_recipe_are_settable_from_quantize(tiny_model):
 def test_leaderboard_is_read_only_and_promote_dry_run_changes_nothing(tiny_model, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
-    from exatrack import serving
+    from exatrack.evaluate import serving
     from tests.fakes import RecordedSession
 
     monkeypatch.setattr(serving, "run_session", RecordedSession())

@@ -19,7 +19,8 @@ import psutil
 import pytest
 from mlflow import MlflowClient
 
-from exatrack import processes, serving, tracking
+from exatrack.core import processes, tracking
+from exatrack.evaluate import serving
 from tests.conftest import REPO
 
 FAKE_VLLM = [sys.executable, str(REPO / "tests" / "fakes.py")]
@@ -171,8 +172,9 @@ def test_a_scoring_failure_after_generation_fails_that_benchmark_alone_and_keeps
     reason, the others are scored, and the run keeps the answers the engine gave (answers.json)."""
     from mlflow import MlflowClient
 
-    from exatrack import evaluate, models
-    from exatrack.bench import REGISTRY
+    from exatrack.evaluate import session as evaluate
+    from exatrack.evaluate.benchmarks import REGISTRY
+    from exatrack.models import models
     from tests.fakes import RecordedSession
 
     monkeypatch.setattr(serving, "run_session", RecordedSession())

@@ -16,8 +16,9 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from exatrack import downloads, serving
 from exatrack.cli import main
+from exatrack.evaluate import serving
+from exatrack.models import downloads
 from tests.fakes import RecordedSession
 
 

@@ -9,9 +9,9 @@ import subprocess
 import mlflow
 import pytest
 
-from exatrack import serving
-from exatrack.evaluate import Settings
-from exatrack.pipeline import pipeline as run_pipeline
+from exatrack.evaluate import serving
+from exatrack.evaluate.session import Settings
+from exatrack.lanes.pipeline import pipeline as run_pipeline
 from tests.fakes import RecordedSession
 
 

@@ -1,0 +1,1 @@
+"""Each evaluation scored against the base it was timed beside, and the board that ranks them."""

@@ -1,0 +1,1 @@
+"""Tests of exatrack/compress: recipes, quantize and its GPTQ path, prune, distill, sft."""

@@ -1,0 +1,1 @@
+"""Tests of exatrack/models: references resolved, the tiny model, remote checkpoints downloaded."""

@@ -1,0 +1,1 @@
+"""Tests of exatrack/score: the challenge's score arithmetic."""
