@@ -43,7 +43,7 @@ def rows(board: Board) -> list[dict]:
         if d := e.to_leader:
             row.update(to_leader=f"{d.score:+.4f}", to_leader_low=f"{d.score_ci.low:+.4f}",
                        to_leader_high=f"{d.score_ci.high:+.4f}")
-        elif s and e is not board.leader:
+        elif s and e is not board.leader and e.base_run_id != board.leader.base_run_id:
             row["to_leader"] = OTHER_SESSION
         for name, r in e.recovery.items():
             if r.ratio is not None:
