@@ -103,14 +103,22 @@ def engine_bytes(folder: Path, kv_cache_dtype: str | None, kv_tokens: int) -> in
 SIDE_BY_SIDE_SHARE = 0.85  # of the GPU, for all of a session's engines: vLLM's own default is 0.9 for one
 
 
-def gpu_bytes() -> int | None:
-    """The first GPU's memory, as nvidia-smi reports it."""
-    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+def first_gpu(field: str) -> float | None:
+    """One number nvidia-smi reports for the first GPU (`memory.total` in MiB, `compute_cap`), or None."""
+    if not has_gpu():
+        return None
+    out = subprocess.run(["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader,nounits"],
                          capture_output=True, text=True)
     try:
-        return int(float(out.stdout.split()[0])) * 2**20
+        return float(out.stdout.split()[0])
     except (IndexError, ValueError):
         return None
+
+
+def gpu_bytes() -> int | None:
+    """The first GPU's memory."""
+    mib = first_gpu("memory.total")
+    return int(mib) * 2**20 if mib is not None else None
 
 
 def engine_memory(shares: list[float | None]) -> list[dict]:
@@ -129,13 +137,7 @@ def engine_memory(shares: list[float | None]) -> list[dict]:
 
 def compute_capability() -> float | None:
     """The GPU's compute capability (9.0 on Hopper), or None without a GPU."""
-    if not has_gpu():
-        return None
-    out = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True, text=True)
-    try:
-        return float(out.stdout.split()[0])
-    except (IndexError, ValueError):
-        return None
+    return first_gpu("compute_cap")
 
 
 def check_requirements(requires: dict, what: str) -> None:

@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass
 
 from exatrack.core import stats, tracking
 from exatrack.core.basics import ExatrackError, digest, redact
-from exatrack.core.environments import has_gpu
 from exatrack.evaluate import serving
 from exatrack.evaluate.benchmarks import REGISTRY, Result, content_hash, subset
 from exatrack.models import models
@@ -215,7 +214,7 @@ class Sizing:
         count = serving.token_counter(models[0].folder)
         wanted = count and serving.kv_tokens_needed(benchmarks, count, {"max_tokens": settings.max_tokens},
                                                     serving.GRADER_ENGINE["max_num_seqs"])
-        kv_tokens, needs, gpu = {}, {}, serving.gpu_bytes() if has_gpu() else None
+        kv_tokens, needs, gpu = {}, {}, serving.gpu_bytes()
         for m in models:
             dtype = kv_cache_dtype(settings, m)
             holds = serving.grader_kv_tokens(m.folder, dtype)

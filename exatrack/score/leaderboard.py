@@ -27,7 +27,6 @@ class Entry:
     tied: bool = False  # with the leader: see mark_ties
     to_leader: Difference | None = None  # this lane minus the leader, paired (same session only)
     recovery: dict = field(default_factory=dict)  # benchmark -> Recovery against the base
-    measured: Measured | None = None
     official: float | None = None
     estimate: tuple | None = None  # (low, mid, high) of the official score, from recorded pairs
 
@@ -153,17 +152,17 @@ def build(runs: list, fingerprint: str, source: str, estimator: str = "sum") -> 
         try:
             if base.info.run_id not in measured_bases:
                 measured_bases[base.info.run_id] = load_measured(base)
-            entry.measured = load_measured(run)
-            entry.score = paired_score(entry.measured, measured_bases[base.info.run_id], estimator)
-            entry.recovery = recovery(entry.measured, measured_bases[base.info.run_id])
+            measured = load_measured(run)
+            entry.score = paired_score(measured, measured_bases[base.info.run_id], estimator)
+            entry.recovery = recovery(measured, measured_bases[base.info.run_id])
         except Unscorable as err:
             entry.reason = str(err)
-    mark_ties(board, measured_bases, estimator)
+    mark_ties(board)
     estimate_official(board)
     return board
 
 
-def mark_ties(board: Board, bases: dict, estimator: str) -> None:
+def mark_ties(board: Board) -> None:
     """Tied with the leader: for a lane of the leader's own session, the paired interval of its score
     minus the leader's holds 0; for a lane of another session (another base, other units) nothing is
     shared to pair on, and tied means their two intervals overlap, a conservative rule said as such."""
@@ -171,7 +170,7 @@ def mark_ties(board: Board, bases: dict, estimator: str) -> None:
     for entry in board.scored[1:]:
         if entry.base_run_id == leader.base_run_id:
             try:
-                entry.to_leader = paired_difference(entry.measured, leader.measured, bases[entry.base_run_id], estimator)
+                entry.to_leader = paired_difference(entry.score, leader.score)
                 entry.tied = 0 in entry.to_leader.score_ci
                 continue
             except Unscorable as err:

@@ -58,6 +58,9 @@ class Score:
     perf_norm_ci: Interval | None = None
     speed_norm_ci: Interval | None = None
     score_ci: Interval | None = None
+    # (PerfNorm, SpeedNorm) of each bootstrap draw: another lane of the same session, drawn alike,
+    # is compared with this one draw by draw (paired_difference)
+    draws: tuple = field(default=(), repr=False, compare=False)
 
 
 def common_benchmarks(candidate: Measured, base: Measured) -> tuple[str, ...]:
@@ -100,13 +103,14 @@ def paired_score(candidate: Measured, base: Measured, estimator: str = "sum", dr
     challenge's total time over total tokens)."""
     point = challenge_score(candidate, base)
     speed_norm = paired_speed_norm(candidate, base, point, estimator)
-    perf_draws, speed_draws = zip(*norm_draws(candidate, base, point, estimator, draws, seed))
-    score_draws = [combine(p, s) for p, s in zip(perf_draws, speed_draws) if not math.isnan(p)]
+    pairs = tuple(norm_draws(candidate, base, point, estimator, draws, seed))
+    perf_draws, speed_draws = zip(*pairs)
+    score_draws = [combine(p, s) for p, s in pairs if not math.isnan(p)]
     return replace(
         point, speed_norm=speed_norm, score=combine(point.perf_norm, speed_norm),
         perf_norm_ci=Interval(*stats.percentile_interval([p for p in perf_draws if not math.isnan(p)])),
         speed_norm_ci=Interval(*stats.percentile_interval(speed_draws)),
-        score_ci=Interval(*stats.percentile_interval(score_draws)),
+        score_ci=Interval(*stats.percentile_interval(score_draws)), draws=pairs,
     )
 
 
@@ -148,24 +152,20 @@ class Difference:
     speed_norm_ci: Interval
 
 
-def paired_difference(first: Measured, second: Measured, base: Measured, estimator: str = "sum",
-                      draws: int = stats.DRAWS, seed: int = 0) -> Difference:
-    """`first` minus `second`, with the interval of the difference itself: both lanes answered the same
-    rows and were timed on the same units beside the same base, so each draw resamples the same indices
-    for both, and what they share (a hard row, a slow minute) cancels. Two overlapping intervals can
+def paired_difference(first: Score, second: Score) -> Difference:
+    """`first` minus `second`, two lanes scored against the base of their shared session, with the
+    interval of the difference itself: both answered the same rows and were timed on the same units,
+    and paired_score draws the same indices for every candidate of a session, so their draws pair up
+    one by one and what they share (a hard row, a slow minute) cancels. Two overlapping intervals can
     hide a difference that this one resolves."""
-    a, b = challenge_score(first, base), challenge_score(second, base)
-    if a.benchmarks != b.benchmarks:
-        raise Unscorable(f"the two lanes were scored on different benchmarks ({', '.join(a.benchmarks)} against "
-                         f"{', '.join(b.benchmarks)})")
+    if first.benchmarks != second.benchmarks or len(first.draws) != len(second.draws) or not first.draws:
+        raise Unscorable(f"the two lanes were not scored alike ({', '.join(first.benchmarks)} against "
+                         f"{', '.join(second.benchmarks)})")
     pairs = [(pa - pb, sa - sb, combine(pa, sa) - combine(pb, sb))
-             for (pa, sa), (pb, sb) in zip(norm_draws(first, base, a, estimator, draws, seed),
-                                           norm_draws(second, base, b, estimator, draws, seed))
-             if not (math.isnan(pa) or math.isnan(pb))]
+             for (pa, sa), (pb, sb) in zip(first.draws, second.draws) if not (math.isnan(pa) or math.isnan(pb))]
     perf, speed, score = (Interval(*stats.percentile_interval([p[k] for p in pairs])) for k in range(3))
-    speed_a, speed_b = paired_speed_norm(first, base, a, estimator), paired_speed_norm(second, base, b, estimator)
-    return Difference(combine(a.perf_norm, speed_a) - combine(b.perf_norm, speed_b), a.perf_norm - b.perf_norm,
-                      speed_a - speed_b, score, perf, speed)
+    return Difference(first.score - second.score, first.perf_norm - second.perf_norm,
+                      first.speed_norm - second.speed_norm, score, perf, speed)
 
 
 @dataclass(frozen=True)

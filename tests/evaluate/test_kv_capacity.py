@@ -99,9 +99,8 @@ def real_shaped(folder, weights: int):
 def sized(monkeypatch, tmp_path, gpu_gib: float | None, lengths: list[int], max_tokens: int, count: int):
     from exatrack.evaluate import session as evaluate
 
-    monkeypatch.setattr(evaluate, "has_gpu", lambda: gpu_gib is not None)
     monkeypatch.setattr(serving, "has_gpu", lambda: gpu_gib is not None)
-    monkeypatch.setattr(serving, "gpu_bytes", lambda: int(gpu_gib * 2**30))
+    monkeypatch.setattr(serving, "gpu_bytes", lambda: None if gpu_gib is None else int(gpu_gib * 2**30))
     rows = {"b": [{"id": str(n)} for n in lengths]}
     conversations = [{"turns": [" ".join(["w"] * n)]} for n in lengths]
     monkeypatch.setattr(evaluate, "REGISTRY", {"b": type("B", (), {"conversations": lambda self, r, greedy: conversations})()})

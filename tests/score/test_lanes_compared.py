@@ -43,7 +43,7 @@ def test_two_lanes_tied_by_their_intervals_are_ranked_apart_by_their_paired_diff
     base, first, second = session()
     a, b = paired_score(first, base), paired_score(second, base)
     assert a.score > b.score and b.score_ci.high >= a.score_ci.low  # the old rule: tied
-    d = paired_difference(second, first, base)
+    d = paired_difference(b, a)
     assert d.score_ci.high < 0 and d.score == pytest.approx(b.score - a.score)  # the paired one: B behind A
     # a direct computation: the same draws (same seeds, same sizes) for both lanes, differenced
     items, units = {"kmmlu_redux": ROWS}, {"kmmlu_redux": UNITS}
@@ -57,8 +57,7 @@ def test_two_lanes_tied_by_their_intervals_are_ranked_apart_by_their_paired_diff
 
 def entry(name, measured, base_run_id, base):
     run = SimpleNamespace(data=SimpleNamespace(tags={"exatrack.lane": name}, metrics={}), info=SimpleNamespace(run_id=name))
-    return leaderboard.Entry(run, base_run_id, paired_score(measured, base), measured=measured,
-                             recovery=recovery(measured, base))
+    return leaderboard.Entry(run, base_run_id, paired_score(measured, base), recovery=recovery(measured, base))
 
 
 def test_the_board_pairs_lanes_of_the_leaders_session_and_falls_back_for_another_session_saying_so():
@@ -66,7 +65,7 @@ def test_the_board_pairs_lanes_of_the_leaders_session_and_falls_back_for_another
     # c: lane B's very numbers, but timed in another session (beside another run of the base)
     board = leaderboard.Board("f", "s", [entry("a", first, "s1", base), entry("b", second, "s1", base),
                                          entry("c", second, "s2", base)])
-    leaderboard.mark_ties(board, {"s1": base, "s2": base}, "sum")
+    leaderboard.mark_ties(board)
     by_name = {e.name: e for e in board.entries}
     assert board.leader.name == "a"
     assert by_name["b"].to_leader is not None and not by_name["b"].tied  # paired: behind the leader
