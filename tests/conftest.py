@@ -63,7 +63,8 @@ def tiny_model():
 
 # Every shipped recipe whose checkpoint this environment can write (sparse24_fp8 needs another
 # compressed-tensors: test_bad_input checks its refusal).
-WRITABLE_RECIPES = ("w8a8", "w4a16", "w8a16", "fp8_dynamic", "fp8_static", "rtn_w8a8", "smoothquant_w8a8", "w8a8_kv_fp8")
+WRITABLE_RECIPES = ("w8a8", "w4a16", "w8a16", "fp8_dynamic", "fp8_static", "rtn_w8a8", "rtn_w8a16", "rtn_w4a16", "smoothquant_w8a8",
+                    "w8a8_kv_fp8")
 
 
 @pytest.fixture(scope="session")

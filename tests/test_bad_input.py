@@ -583,8 +583,8 @@ def test_a_calibration_source_shorter_than_num_samples_is_used_whole_and_says_so
     assert "calibration source 'sample' holds 59 records, fewer than the 512 asked for: all 59 are used" in caplog.text
 
 
-@pytest.mark.parametrize("name", ["fp8_dynamic", "fp8_static", "rtn_w8a8", "smoothquant_w8a8", "sparse24_fp8", "w4a16",
-                                  "w8a16", "w8a8", "w8a8_kv_fp8"])
+@pytest.mark.parametrize("name", ["fp8_dynamic", "fp8_static", "rtn_w8a8", "rtn_w8a16", "rtn_w4a16", "smoothquant_w8a8",
+                                  "sparse24_fp8", "w4a16", "w8a16", "w8a8", "w8a8_kv_fp8"])
 def test_every_shipped_recipe_passes_the_modifier_check_that_refuses_misspelt_ones(name):
     from exatrack.compress import recipes
 

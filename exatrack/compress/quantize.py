@@ -37,13 +37,13 @@ def quantize(ref: str, recipe: str, params: dict, calib: str | None = None, pare
         calib = calibration.choose(calib, model) if chosen.calibrate else None
         tracking.log_new_params({"calib": calib or "none"})
         chosen.check_modifiers(values)
-        check_ignore(model, values.get("ignore") or [])
+        rendered = chosen.render(values)
+        check_against_model(model, rendered, values.get("ignore") or [])
         tokenizer = AutoTokenizer.from_pretrained(model.folder)
         dataset = None
         if calib:
             dataset = calibration.tokenized_dataset(calib, tokenizer, values["num_samples"], values["max_seq_len"],
                                                     values["seed"])
-        rendered = chosen.render(values)
         if "compute_capability" in chosen.requires:
             mlflow.set_tag(models.REQUIRES + "compute_capability", str(chosen.requires["compute_capability"]))
         if set(values.get("ignore") or []) - {"lm_head"}:
@@ -62,21 +62,35 @@ def quantize(ref: str, recipe: str, params: dict, calib: str | None = None, pare
         return active.info.run_id
 
 
-def check_ignore(model: models.Model, ignore: list[str]) -> None:
-    """An `ignore` entry that matches no module keeps nothing in bf16, silently; llmcompressor's own
-    matching is tried on the model's modules, built on the meta device (no weights are read)."""
-    if not ignore:
-        return
+def check_against_model(model: models.Model, rendered: dict, ignore: list[str]) -> None:
+    """What llmcompressor would trip over only once the weights loaded, tried with its own matching on
+    the model's modules built on the meta device (no weights are read): an `ignore` entry that matches
+    no module (it keeps nothing in bf16, silently), and a group size that does not divide a Linear's
+    input width (llmcompressor raises with a page of layer names)."""
     import torch
+    from compressed_tensors.quantization import apply_quantization_config
     from compressed_tensors.utils.match import is_match
+    from llmcompressor.modifiers.quantization.group_size_validation import get_layers_indivisible_by_group_size
+    from llmcompressor.recipe import Recipe
     from transformers import AutoConfig, AutoModelForCausalLM
 
     with torch.device("meta"):
-        modules = list(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model.folder)).named_modules())
+        net = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model.folder))
+    modules = list(net.named_modules())
     for entry in ignore:
         if not any(is_match(name, module, entry) for name, module in modules):
             raise ExatrackError(f"ignore={entry} matches no module of {model.ref}; name modules as llmcompressor does, "
                                 "e.g. lm_head, re:.*layers.0.mlp.* or a class such as Linear")
+    for modifier in Recipe.create_instance(yaml.safe_dump(rendered)).modifiers:
+        if not hasattr(modifier, "resolved_config") or modifier.bypass_divisibility_checks:
+            continue
+        apply_quantization_config(net, modifier.resolved_config)
+        if bad := get_layers_indivisible_by_group_size(net, modifier.resolved_targets, modifier.ignore):
+            name, columns, group = bad[0]
+            fits = next((g for g in (64, 32) if all(c % g == 0 for _, c, _ in bad)), None)
+            fix = f"pass --recipe_params group_size={fits}" if fits else "pick another recipe"
+            raise ExatrackError(f"group_size={group} does not divide the input width of {len(bad)} Linears of {model.ref} "
+                                f"({name}: {columns}); {fix}, or ignore those Linears")
 
 
 def compress(source: Path, tokenizer, recipe: dict, out: Path, dataset, values: dict) -> dict[str, float]:

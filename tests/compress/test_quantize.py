@@ -16,6 +16,8 @@ EXPECTED = {
     "fp8_dynamic": ("float-quantized", 8, "float", True),
     "fp8_static": ("float-quantized", 8, "float", False),
     "rtn_w8a8": ("int-quantized", 8, "int", True),
+    "rtn_w8a16": ("pack-quantized", 8, "int", None),
+    "rtn_w4a16": ("pack-quantized", 4, "int", None),
 }
 SMALL = {"num_samples": "16", "max_seq_len": "128"}
 

@@ -18,7 +18,8 @@ from tests.conftest import SHARED, WRITABLE_RECIPES
 SCHEMES = {"w8a8": "CompressedTensorsW8A8Int8", "rtn_w8a8": "CompressedTensorsW8A8Int8",
            "smoothquant_w8a8": "CompressedTensorsW8A8Int8", "w8a8_kv_fp8": "CompressedTensorsW8A8Int8",
            "fp8_dynamic": "CompressedTensorsW8A8Fp8", "fp8_static": "CompressedTensorsW8A8Fp8",
-           "w4a16": "CompressedTensorsWNA16", "w8a16": "CompressedTensorsWNA16"}
+           "w4a16": "CompressedTensorsWNA16", "w8a16": "CompressedTensorsWNA16", "rtn_w4a16": "CompressedTensorsWNA16",
+           "rtn_w8a16": "CompressedTensorsWNA16"}
 SMALL = {"num_samples": 16, "max_seq_len": 64}
 REAL = SHARED / "data" / "exaone-4.0-1.2b"
 
