@@ -15,9 +15,9 @@ from exatrack.core.console import echo
 from exatrack.models.models import DEFAULT_MODEL
 from exatrack.publish.registry import REGISTERED_MODEL
 
-MODEL_HELP = "hub id, folder, tiny, runs:/... or models:/..."
+MODEL_HELP = "hub id, folder, tiny, smollm2, runs:/... or models:/..."
 GRADER_CHECK_HELP = "read the package with the grader's stack first and refuse what it reads differently"
-CALIB_HELP = "text to use: hub id, jsonl/json/parquet file, sample, or auto (sample for tiny, else MANTA-1M)"
+CALIB_HELP = "text to use: hub id, jsonl/json/parquet file, sample, or auto (sample for tiny and smollm2, else MANTA-1M)"
 
 
 def option(name: str, **kwargs):

@@ -49,8 +49,8 @@ CASES = [
          "copy or download the checkpoint again", run=True, id="model-truncated-weights"),
     case("quantize --model {no_tokenizer}", "has no tokenizer", "copy the tokenizer files",
          run=True, id="model-without-tokenizer"),
-    case("quantize --model {llama}", "is a 'llama' model, not EXAONE-4", "EXAONE-4 checkpoints",
-         run=True, id="model-not-exaone4"),
+    case("quantize --model {gpt2}", "is a 'gpt2' model", "takes EXAONE-4 and Llama checkpoints",
+         run=True, id="model-of-another-family"),
     case("quantize --model runs:/0123456789abcdef0123456789abcdef/checkpoint", "no run 0123456789abcdef",
          "check the run id", run=True, id="model-fake-run-id"),
     case("quantize --model runs:/{no_checkpoint}/checkpoint", "holds no config.json", "runs:/<id>/checkpoint",
@@ -305,7 +305,7 @@ def bad(tiny_model, tmp_path_factory) -> dict:
     paths = {"folder": root / "folder", "empty": root / "empty"}
     paths["folder"].mkdir()
     paths["empty"].mkdir()
-    for name in ("tiny_copy", "bad_config", "cut_weights", "no_tokenizer", "llama"):
+    for name in ("tiny_copy", "bad_config", "cut_weights", "no_tokenizer", "gpt2"):
         paths[name] = root / name
         shutil.copytree(tiny_model, paths[name])
     (paths["bad_config"] / "config.json").write_text("{not json")
@@ -313,8 +313,8 @@ def bad(tiny_model, tmp_path_factory) -> dict:
     (paths["cut_weights"] / "model.safetensors").write_bytes(weights[:len(weights) // 2])
     (paths["no_tokenizer"] / "tokenizer.json").unlink()
     config = json.loads((tiny_model / "config.json").read_text())
-    (paths["llama"] / "config.json").write_text(json.dumps({**config, "model_type": "llama",
-                                                            "architectures": ["LlamaForCausalLM"]}))
+    (paths["gpt2"] / "config.json").write_text(json.dumps({**config, "model_type": "gpt2",
+                                                           "architectures": ["GPT2LMHeadModel"]}))
     files = {
         "binary.jsonl": bytes(range(256)),
         "empty.jsonl": "",

