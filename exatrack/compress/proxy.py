@@ -25,17 +25,51 @@ def per_text(reference, candidate, tokenizer, max_tokens: int) -> list[tuple[flo
     return out
 
 
-def summarize(texts: list[tuple[float, int, int]]) -> dict:
-    def ratio(picks, column):
-        return sum(texts[i][column] for i in picks) / sum(texts[i][2] for i in picks)
+COLUMNS = (("proxy_kl", 0), ("proxy_top1_agreement", 1))
 
-    sizes = {"texts": len(texts)}
-    draws = list(stats.resamples(sizes))
+
+def ratio(texts: list[tuple[float, int, int]], picks, column: int) -> float:
+    """A column summed over the picked texts, per token."""
+    return sum(texts[i][column] for i in picks) / sum(texts[i][2] for i in picks)
+
+
+def summarize(texts: list[tuple[float, int, int]]) -> dict:
+    draws = list(stats.resamples({"texts": len(texts)}))
     metrics = {"proxy_tokens": sum(t[2] for t in texts)}
-    for name, column in (("proxy_kl", 0), ("proxy_top1_agreement", 1)):
-        metrics[name] = ratio(range(len(texts)), column)
-        metrics[f"{name}_low"], metrics[f"{name}_high"] = stats.percentile_interval([ratio(d["texts"], column) for d in draws])
+    for name, column in COLUMNS:
+        metrics[name] = ratio(texts, range(len(texts)), column)
+        metrics[f"{name}_low"], metrics[f"{name}_high"] = stats.percentile_interval([ratio(texts, d["texts"], column)
+                                                                                     for d in draws])
     return metrics
+
+
+def difference(candidate: list[tuple[float, int, int]], base: list[tuple[float, int, int]]) -> dict:
+    """The candidate's proxy minus the base's, both per_text over the same held-out texts: every draw
+    resamples the same texts on both sides, so what a text does to both (a hard one) cancels and two
+    checkpoints of equal quality read as an interval around 0."""
+    def delta(picks, column):
+        return ratio(candidate, picks, column) - ratio(base, picks, column)
+
+    draws = list(stats.resamples({"texts": len(base)}))
+    metrics = {}
+    for name, column in COLUMNS:
+        metrics[f"{name}_delta"] = delta(range(len(base)), column)
+        metrics[f"{name}_delta_low"], metrics[f"{name}_delta_high"] = stats.percentile_interval(
+            [delta(d["texts"], column) for d in draws])
+    return metrics
+
+
+def side_by_side(reference_folder, checkpoints: dict, base: str, max_tokens: int = 512) -> dict[str, dict]:
+    """Each checkpoint's proxy against the reference model, and its paired difference to the `base`
+    checkpoint's: for two ways of making the same checkpoint (exatrack.compress.gptq's paths)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(reference_folder)
+    reference = AutoModelForCausalLM.from_pretrained(reference_folder, dtype=torch.float32).eval()
+    texts = {name: per_text(reference, AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(),
+                            tokenizer, max_tokens) for name, folder in checkpoints.items()}
+    return {name: {**summarize(t), **difference(t, texts[base])} for name, t in texts.items()}
 
 
 def quality_proxy(reference_folder, checkpoint_folder, max_tokens: int = 512) -> dict:
