@@ -33,9 +33,9 @@ def lane(source: str, damp: float, samples: int, seq_len: int, out: str) -> dict
     recipe = recipes.load("w8a8")
     values = recipe.resolve_params({"damp": damp, "num_samples": samples, "max_seq_len": seq_len})
     tokenizer = AutoTokenizer.from_pretrained(source)
-    split = quantize.compress(Path(source), tokenizer, recipe.render(values), Path(out),
-                              calibration(samples, seq_len, tokenizer.vocab_size), values)
-    return {"damp": damp, "seconds": time.perf_counter() - started, "split": split, "host": socket.gethostname(),
+    split, how = quantize.compress(Path(source), tokenizer, recipe.render(values), Path(out),
+                                   calibration(samples, seq_len, tokenizer.vocab_size), values)
+    return {"damp": damp, "seconds": time.perf_counter() - started, "split": split, **how, "host": socket.gethostname(),
             "gpu_ids": ray.get_gpu_ids(), "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
 
 

@@ -17,6 +17,7 @@ from exatrack.publish.registry import REGISTERED_MODEL
 
 MODEL_HELP = "hub id, folder, tiny, smollm2, runs:/... or models:/..."
 GRADER_CHECK_HELP = "read the package with the grader's stack first and refuse what it reads differently"
+GPTQ_PATH = recipe_registry.CALIBRATION_PARAMS["gptq_path"]
 CALIB_HELP = "text to use: hub id, jsonl/json/parquet file, sample, or auto (sample for tiny and smollm2, else MANTA-1M)"
 
 
@@ -119,6 +120,7 @@ def list_recipes():
 @option("max_seq_len", default="2048", show_default=True, help="tokens per calibration sample")
 @option("calib", default="auto", show_default=True, help=CALIB_HELP)
 @option("seed", default="0", show_default=True, help="seed for choosing calibration samples")
+@option("gptq_path", default=GPTQ_PATH["default"], show_default=True, help=GPTQ_PATH["help"])
 @option("recipe_params", default=None, help="any other parameter of the recipe, e.g. smoothing=0.5,actorder=weight")
 def quantize(model, recipe, calib, recipe_params, **params):
     """Compress a model with a recipe, tracked as one MLflow run."""

@@ -3,19 +3,25 @@
 Measured on the H100 (docs/benchmarks.md): with llmcompressor's defaults a sample costs ~17 ms per
 decoder layer, of which ~8.5 ms was copying the cached layer inputs to the CPU and back (pageable
 memcpy) and ~4.5 ms the fp32 Hessian products, 5 of 7 of them repeated: q/k/v read one tensor and
-gate/up another, yet each Linear's hook multiplies it again. So:
+gate/up another, yet each Linear's hook multiplies it again. Two paths (`gptq_path`):
 
-- `calibration_options` keeps the cached layer inputs on the GPU when they fit (llmcompressor's own
-  `sequential_offload_device`), and
-- `SharedInputGPTQModifier` computes 2·XᵀX once per input tensor and adds it to each Hessian, the
-  additions llmcompressor does, in the same order on the same values.
+- `exact` leaves every number as it was, so the checkpoint is bit for bit the default path's (tested
+  on tiny, measured at full size): `calibration_options` keeps the cached layer inputs on the GPU when
+  they fit (llmcompressor's own `sequential_offload_device`), and `SharedInputGPTQModifier` computes
+  2·XᵀX once per input tensor and adds it to each Hessian, the additions llmcompressor does, in the
+  same order on the same values.
+- `fast` (the default) adds what changes rounding and is judged by quality instead (the proxy's
+  paired difference to `exact`, tests/compress/test_gptq.py): sdpa attention during calibration where
+  llmcompressor forces eager (`sdpa_for_eager`), and Hessian products from the bf16 inputs on tensor
+  cores with fp32 accumulation. GPTQ's error feedback turns any change of rounding into ~9% of int8
+  values moved by a few steps, so bit identity is the wrong test for these.
 
-Both leave every number as it was: the checkpoint is bit-for-bit the default path's (tested on tiny,
-measured at full size). What remains is llmcompressor forcing eager attention during calibration and
-running every layer twice (calibrate, then propagate the quantized outputs). Worth proposing upstream:
-one hook per distinct input instead of one per Linear.
+Worth proposing upstream: one hook per distinct input instead of one per Linear, and sdpa during
+calibration for unpadded batches.
 """
 
+import collections
+import contextlib
 import logging
 import time
 
@@ -41,6 +47,8 @@ class SharedInputGPTQModifier(GPTQModifier):
     # `is` cannot mistake the next batch's input (allocated at the same address) for this one.
     _last_input: torch.Tensor | None = PrivateAttr(default=None)
     _last_product: tuple[torch.Tensor, torch.Tensor] | None = PrivateAttr(default=None)
+    # Private, so the recipe llmcompressor saves beside the checkpoint reads as without it.
+    _bf16_products: bool = PrivateAttr(default=False)
     _progress: object = PrivateAttr(default=None)
     _solve_seconds: float = PrivateAttr(default=0.0)
 
@@ -53,8 +61,7 @@ class SharedInputGPTQModifier(GPTQModifier):
             return super().calibrate_module(module, args, _output)
         inp = args[0]
         if inp is not self._last_input:
-            empty = make_empty_hessian(module, device=get_execution_device(module))
-            self._last_product = accumulate_hessian(inp, module, empty, torch.zeros((), device=empty.device))
+            self._last_product = self._product(inp, module)
             self._last_input = inp
         product, samples = self._last_product
         if module not in self._num_samples:
@@ -62,6 +69,14 @@ class SharedInputGPTQModifier(GPTQModifier):
             self._num_samples[module] = torch.zeros((), device=product.device)
         self._hessians[module] += product
         self._num_samples[module] += samples
+
+    def _product(self, inp: torch.Tensor, module) -> tuple[torch.Tensor, torch.Tensor]:
+        """torch.mm's fp32 output from bf16 inputs runs on CUDA only; a float32 model (CPU) keeps
+        llmcompressor's products whatever the path."""
+        hessian = make_empty_hessian(module, device=get_execution_device(module))
+        if self._bf16_products and inp.dtype == torch.bfloat16 and hessian.device.type == "cuda":
+            return bf16_hessian(inp, hessian)
+        return accumulate_hessian(inp, module, hessian, torch.zeros((), device=hessian.device))
 
     def on_calibration_start(self, state, event, **kwargs):
         super().on_calibration_start(state, event, **kwargs)
@@ -81,26 +96,100 @@ class SharedInputGPTQModifier(GPTQModifier):
         return super().on_finalize(state, **kwargs)
 
 
-def speed_up(modifiers: list) -> list:
+def bf16_hessian(inp: torch.Tensor, hessian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What llmcompressor's accumulate_hessian adds for a Linear (llmcompressor/modifiers/gptq/helpers.py:
+    (√2·X)(√2·X)ᵀ over the input's rows, one sample per leading index), with the product on tensor cores
+    from the bf16 input, accumulated in fp32 (torch.mm's out_dtype), instead of on the fp32 upcast."""
+    rows = inp.to(hessian.device).reshape(-1, inp.shape[-1])
+    hessian += torch.mm(rows.t(), rows, out_dtype=torch.float32).mul_(2)
+    samples = inp.shape[0] if inp.dim() > 2 else 1
+    return hessian, torch.full((), float(samples), device=hessian.device)
+
+
+def speed_up(modifiers: list, path: str) -> list:
     """The recipe's modifiers with each GPTQModifier swapped for the same-configured fast one."""
-    return [SharedInputGPTQModifier(**{name: getattr(m, name) for name in m.model_fields_set})
-            if type(m) is GPTQModifier else m for m in modifiers]
+    swapped = []
+    for m in modifiers:
+        if type(m) is GPTQModifier:
+            m = SharedInputGPTQModifier(**{name: getattr(m, name) for name in m.model_fields_set})
+            m._bf16_products = path == "fast"
+        swapped.append(m)
+    return swapped
 
 
-def calibration_options(model, samples: int, seq_len: int) -> dict:
-    """oneshot's options: the cached layer inputs stay on the GPU when they fit. Each sample caches
-    the hidden states, the eager causal mask and the rotary cos/sin, all in the model's dtype."""
-    if not torch.cuda.is_available():
-        return {}
+def attention(path: str):
+    """The context oneshot runs in: sdpa in eager's place on the fast path."""
+    return sdpa_for_eager() if path == "fast" else contextlib.nullcontext(collections.Counter())
+
+
+@contextlib.contextmanager
+def sdpa_for_eager():
+    """llmcompressor forces eager attention during calibration (llmcompressor/utils/helpers.py,
+    use_eager_attention), because its traced graph adds the eager causal mask. The decoder layers run
+    outside that graph (llmcompressor/pipelines/sequential/helpers.py: SequentialTracer.is_leaf_module
+    keeps every sequential target a leaf), and their attention looks up `ALL_ATTENTION_FUNCTIONS
+    .get_interface("eager", eager_attention_forward)` (transformers/models/exaone4/modeling_exaone4.py),
+    which returns a registered "eager" entry first. So registering transformers' own sdpa under that
+    name swaps the attention and leaves the traced graph as it is. Yields the calls counted by kind:
+    "causal" (the mask dropped for sdpa's is_causal, its flash kernel) and "masked"."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    calls = collections.Counter()
+    causal_masks = {}
+
+    def attention_forward(module, query, key, value, attention_mask, **kwargs):
+        if attention_mask is not None and plain_causal(attention_mask, causal_masks):
+            attention_mask, kwargs["is_causal"] = None, True
+        calls["causal" if attention_mask is None else "masked"] += 1
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    previous = ALL_ATTENTION_FUNCTIONS.get("eager")
+    ALL_ATTENTION_FUNCTIONS["eager"] = attention_forward
+    try:
+        yield calls
+    finally:
+        if previous is None:
+            del ALL_ATTENTION_FUNCTIONS["eager"]
+        else:
+            ALL_ATTENTION_FUNCTIONS["eager"] = previous
+        log.info("calibration attention through sdpa: %s", dict(calls))
+
+
+def plain_causal(mask: torch.Tensor, known: dict) -> bool:
+    """Whether an eager mask is exactly the causal one of a batch of unpadded samples, as transformers
+    builds it (transformers/masking_utils.py, eager_mask: 0 where attended, the dtype's min elsewhere);
+    a padded sample or a sliding window shorter than the sequence is not, and keeps its mask."""
+    length = mask.shape[-1]
+    if not mask.is_floating_point() or mask.shape[-2] != length:
+        return False
+    where = (length, mask.dtype, mask.device)
+    if where not in known:
+        known[where] = torch.full((length, length), torch.finfo(mask.dtype).min, dtype=mask.dtype,
+                                  device=mask.device).triu(1)
+    return bool((mask == known[where]).all())
+
+
+def calibration_options(model, samples: int, seq_len: int) -> tuple[dict, str]:
+    """oneshot's options and where the cached layer inputs stay ("gpu" or "cpu"): on the GPU when they
+    fit, below a memory cap set with torch.cuda.set_per_process_memory_fraction too. Each sample caches
+    the hidden states, the eager causal mask and the rotary cos/sin, all in the model's dtype.
+
+    Beside the model on the CPU they are fetched as llmcompressor does, one after the other: its
+    `sequential_prefetch` (llmcompressor/pipelines/cache.py, iter_prefetch) onloads the next batch on a
+    second CUDA stream without making that stream wait for the compute stream's use of the memory it
+    reuses (no record_stream, no wait_event that way), and its cache is not pinned for GPTQ (only AWQ
+    calls pin_memory); on the H100 it moved 9% of the int8 values, which no mere copy may do."""
     device = next(model.parameters()).device
-    if device.type != "cuda":
-        return {}
+    if not torch.cuda.is_available() or device.type != "cuda":
+        return {}, "cpu"
     config = model.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     per_sample = seq_len * (config.hidden_size + seq_len + 2 * head_dim) * model.dtype.itemsize
-    free, _ = torch.cuda.mem_get_info(device)
-    if samples * per_sample > CACHE_SHARE * free:
+    free, total = torch.cuda.mem_get_info(device)
+    capped = torch.cuda.get_per_process_memory_fraction(device) * total - torch.cuda.memory_reserved(device)
+    if samples * per_sample > CACHE_SHARE * min(free, capped):
         log.info("calibration inputs (%.1f GiB) stay in CPU memory: they would not fit beside the model",
                  samples * per_sample / 2**30)
-        return {}
-    return {"sequential_offload_device": str(device)}
+        return {}, "cpu"
+    return {"sequential_offload_device": str(device)}, "gpu"

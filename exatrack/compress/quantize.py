@@ -54,9 +54,10 @@ def quantize(ref: str, recipe: str, params: dict, calib: str | None = None, pare
 
         def write(folder: Path) -> None:
             started = time.perf_counter()
-            split = compress(model.folder, tokenizer, rendered, folder, dataset, values)
+            split, how = compress(model.folder, tokenizer, rendered, folder, dataset, values)
             mlflow.log_metrics({"compress_time_s": time.perf_counter() - started,
                                 **{f"time_{part}_s": seconds for part, seconds in split.items()}})
+            mlflow.set_tags(how)
 
         checkpoint.log_checkpoint(model, write)
         return active.info.run_id
@@ -93,9 +94,10 @@ def check_against_model(model: models.Model, rendered: dict, ignore: list[str]) 
                                 f"({name}: {columns}); {fix}, or ignore those Linears")
 
 
-def compress(source: Path, tokenizer, recipe: dict, out: Path, dataset, values: dict) -> dict[str, float]:
+def compress(source: Path, tokenizer, recipe: dict, out: Path, dataset, values: dict) -> tuple[dict[str, float], dict]:
     """Calibrate in float32 on CPU (bf16 matmuls are ~4x slower there) or in bf16 on the GPU, through
-    exatrack.compress.gptq's fast path; save in bf16 like the source. Returns the wall time split in seconds."""
+    exatrack.compress.gptq's `gptq_path`; save in bf16 like the source. Returns the wall time split in
+    seconds and the tags saying how it calibrated (for the caller's run: Ray lanes and tests have none)."""
     import torch
     from llmcompressor import oneshot
     from llmcompressor.recipe import Recipe
@@ -109,15 +111,20 @@ def compress(source: Path, tokenizer, recipe: dict, out: Path, dataset, values: 
                                                  device_map="cuda" if on_gpu else None)
     seq_len = values.get("max_seq_len", 2048)
     samples = len(dataset) if dataset is not None else values.get("num_samples", 1)
-    modifiers = gptq.speed_up(Recipe.create_instance(yaml.safe_dump(recipe)).modifiers)
+    path = values.get("gptq_path", "exact")  # data-free recipes have no calibration to speed up
+    modifiers = gptq.speed_up(Recipe.create_instance(yaml.safe_dump(recipe)).modifiers, path)
+    options, cache = gptq.calibration_options(model, samples, seq_len)
     loaded = time.perf_counter()
     torch.manual_seed(values.get("seed", 0))  # llmcompressor shuffles the calibration samples with it
-    oneshot(model=model, tokenizer=tokenizer, recipe=modifiers, dataset=dataset, num_calibration_samples=samples,
-            max_seq_length=seq_len, **gptq.calibration_options(model, samples, seq_len))
+    with gptq.attention(path):
+        oneshot(model=model, tokenizer=tokenizer, recipe=modifiers, dataset=dataset, num_calibration_samples=samples,
+                max_seq_length=seq_len, **options)
     calibrated = time.perf_counter()
     model.to(torch.bfloat16)
     model.save_pretrained(out, save_compressed=True)
     tokenizer.save_pretrained(out)
     solve = sum(m.solve_seconds for m in modifiers if isinstance(m, gptq.SharedInputGPTQModifier))
-    return {"load": loaded - started, "calibrate": calibrated - loaded - solve, "solve": solve,
-            "save": time.perf_counter() - calibrated}
+    split = {"load": loaded - started, "calibrate": calibrated - loaded - solve, "solve": solve,
+             "save": time.perf_counter() - calibrated}
+    how = {"exatrack.gptq_path": path, "exatrack.calibration_cache": cache} if dataset is not None else {}
+    return split, how

@@ -25,6 +25,9 @@ CALIBRATION_PARAMS = {
     "num_samples": {"default": 512, "ge": 1, "help": "calibration samples"},
     "max_seq_len": {"default": 2048, "ge": 16, "help": "tokens per calibration sample"},
     "seed": {"default": 0, "help": "seed for choosing calibration samples"},
+    "gptq_path": {"default": "fast", "choices": ["fast", "exact"],
+                  "help": "calibration path (compress/gptq.py): fast (sdpa attention, bf16 Hessian products on the GPU; "
+                          "judged by quality) or exact (llmcompressor's numbers, bit for bit)"},
 }
 
 

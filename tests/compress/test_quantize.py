@@ -72,6 +72,13 @@ def test_run_records_parameters_recipe_size_and_quality_proxy(runs):
     assert runs["fp8_dynamic"].data.params["calib"] == "none"
 
 
+def test_run_says_which_gptq_path_and_cache_placement_made_the_checkpoint(runs):
+    run = runs["w8a8"]
+    assert run.data.params["gptq_path"] == "fast"
+    assert (run.data.tags["exatrack.gptq_path"], run.data.tags["exatrack.calibration_cache"]) == ("fast", "cpu")
+    assert "exatrack.gptq_path" not in runs["fp8_dynamic"].data.tags  # data-free: nothing calibrated
+
+
 def test_quality_proxy_orders_the_schemes_as_measured_on_tiny(runs):
     """Measured on tiny: 8-bit weights alone < 8-bit weights and activations < 4-bit weights."""
     kl = {name: run.data.metrics["proxy_kl"] for name, run in runs.items()}
