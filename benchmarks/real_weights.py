@@ -25,12 +25,12 @@ FORMATS = {"w8a16": ("rtn_w8a16", "w8a16", GROUPS), "w8a8": ("rtn_w8a8", "w8a8",
            "w4a16": ("rtn_w4a16", "w4a16", GROUPS)}  # format -> (round-to-nearest recipe, GPTQ recipe, params)
 
 
-def lanes(paths: list[str]) -> list[tuple[str, str, str, dict]]:
+def lanes(methods: list[str], paths: list[str]) -> list[tuple[str, str, str, dict]]:
     """(format, method, recipe, params) for every checkpoint to make."""
     out = []
     for name, (rtn, gptq, params) in FORMATS.items():
-        out.append((name, "rtn", rtn, params))
-        out += [(name, f"gptq-{path}", gptq, {**params, "gptq_path": path} if path != "default" else params)
+        out += [(name, "rtn", rtn, params)] if "rtn" in methods else []
+        out += [] if "gptq" not in methods else [(name, f"gptq-{path}", gptq, {**params, "gptq_path": path} if path != "default" else params)
                 for path in paths]
     return out
 
@@ -45,7 +45,7 @@ def measure(args) -> list[dict]:
         smollm2.smollm2_path(Path(args.gguf))
     rows = []
     for model in args.models.split(","):
-        for name, method, recipe, params in lanes(args.gptq_paths.split(",")):
+        for name, method, recipe, params in lanes(args.methods.split(","), args.gptq_paths.split(",")):
             values = {**params, "num_samples": str(args.samples), "max_seq_len": str(args.seq_len)}
             started = time.perf_counter()
             run = mlflow.get_run(quantize.quantize(model, recipe, values))
@@ -84,13 +84,13 @@ def gaps(rows: list[dict]) -> list[dict]:
 
 def report(rows: list[dict]) -> str:
     def cell(row, key, digits):
-        return f"{row[key]:.{digits}f} [{row[key + '_low']:.{digits}f}, {row[key + '_high']:.{digits}f}]"
+        return f"{row[key]:.{digits}g} [{row[key + '_low']:.{digits}g}, {row[key + '_high']:.{digits}g}]"
 
     lines = ["| model | format | method | proxy KL per token [95% CI] | top-1 agreement [95% CI] |", "|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['format']} | {r['method']} | {cell(r, 'proxy_kl', 4)} | "
+    lines += [f"| {r['model']} | {r['format']} | {r['method']} | {cell(r, 'proxy_kl', 3)} | "
               f"{cell(r, 'proxy_top1_agreement', 4)} |" for r in rows]
     lines += ["", "| model | paired gap | Δ KL per token [95% CI] | Δ top-1 [95% CI] |", "|---|---|---|---|"]
-    lines += [f"| {g['model']} | {g['what']} | {cell(g, 'proxy_kl_delta', 4)} | {cell(g, 'proxy_top1_agreement_delta', 4)} |"
+    lines += [f"| {g['model']} | {g['what']} | {cell(g, 'proxy_kl_delta', 3)} | {cell(g, 'proxy_top1_agreement_delta', 3)} |"
               for g in gaps(rows)]
     return "\n".join(lines)
 
@@ -100,6 +100,7 @@ def main():
     parser.add_argument("step", nargs="?", default="measure", choices=["measure", "report"])
     parser.add_argument("results", nargs="?", help="report: the JSON `measure` wrote")
     parser.add_argument("--models", default="smollm2,tiny")
+    parser.add_argument("--methods", default="rtn,gptq", help="rtn, gptq or both")
     parser.add_argument("--gptq-paths", default="default", help="GPTQ paths to compare, e.g. exact,fast")
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--seq-len", type=int, default=512)

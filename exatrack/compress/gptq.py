@@ -137,9 +137,15 @@ def sdpa_for_eager():
 
     calls = collections.Counter()
     causal_masks = {}
+    # The last mask checked and its verdict. A sample's mask is one tensor that every layer of both
+    # passes receives, so the check (a GPU sync) runs once per sample, not 60 times; holding the tensor
+    # keeps its memory from being reused by the next sample's mask.
+    last = [None, False]
 
     def attention_forward(module, query, key, value, attention_mask, **kwargs):
-        if attention_mask is not None and plain_causal(attention_mask, causal_masks):
+        if attention_mask is not None and attention_mask is not last[0]:
+            last[:] = [attention_mask, plain_causal(attention_mask, causal_masks)]
+        if attention_mask is not None and last[1]:
             attention_mask, kwargs["is_causal"] = None, True
         calls["causal" if attention_mask is None else "masked"] += 1
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
