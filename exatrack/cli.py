@@ -16,6 +16,8 @@ from exatrack.models.models import DEFAULT_MODEL
 from exatrack.publish.registry import REGISTERED_MODEL
 
 MODEL_HELP = "hub id, folder, tiny, smollm2, runs:/... or models:/..."
+REGISTRY_HELP = (f"registry name (default: {REGISTERED_MODEL} for EXAONE-4 lanes, which must begin with EXAONE; "
+                 "<source>-exatrack for another family's)")
 GRADER_CHECK_HELP = "read the package with the grader's stack first and refuse what it reads differently"
 GPTQ_PATH = recipe_registry.CALIBRATION_PARAMS["gptq_path"]
 CALIB_HELP = "text to use: hub id, jsonl/json/parquet file, sample, or auto (sample for tiny and smollm2, else MANTA-1M)"
@@ -227,7 +229,7 @@ def evaluate(model, base, **settings):
 
 
 @main.command()
-@option("registered_model", default=REGISTERED_MODEL, show_default=True, help="registry name; must begin with EXAONE")
+@option("registered_model", default=None, help=REGISTRY_HELP)
 @option("fingerprint", default=None, help="the evaluation fingerprint to rank; default: that of the newest base")
 @option("source", default=None, help="the source model to rank; default: that of the newest base")
 @option("estimator", default="sum", show_default=True, type=click.Choice(["sum", "median"]),
@@ -240,7 +242,7 @@ def rank(registered_model, fingerprint, source, estimator):
     board = run_rank(registered_model, fingerprint=fingerprint, source=source, estimator=estimator)
     echo(markdown(board))
     if board.champion:
-        echo(f"champion: {registered_model} version {board.champion}")
+        echo(f"champion: {board.registered_model} version {board.champion}")
 
 
 @main.command()
@@ -309,7 +311,7 @@ def promote(version, registered_model, out, verify, grader_check, dry_run):
 @option("only", default=None, help="comma-separated lanes to run (default: all)")
 @option("calib", default="auto", show_default=True, help="calibration data for every lane")
 @option("force", default=False, type=bool, show_default=True, help="redo lanes and evaluations even if done")
-@option("registered_model", default=REGISTERED_MODEL, show_default=True, help="registry name")
+@option("registered_model", default=None, help=REGISTRY_HELP)
 @option("out", default="submit.zip", show_default=True, help="where to write the submission zip")
 @option("verify", default="files", show_default=True, type=click.Choice(["files", "vllm"]), help="vllm: also load the package")
 @option("grader_check", default=True, type=bool, show_default=True, help=GRADER_CHECK_HELP)

@@ -331,6 +331,7 @@ class Session:
         # Every run of a session is on the board of its base: the model it was measured against.
         tags = {"exatrack.kind": "evaluation", SESSION: self.id, "exatrack.evaluated_model": model.ref,
                 models.SOURCE_MODEL: self.models["base"].source, INPUTS: inputs_hash(model.ref, self.settings),
+                models.MODEL_TYPE: model.config().get("model_type", ""),
                 "mlflow.note.content": description(model, key == "base", lane), **tracking.owner_tags()}
         if parent:
             tags["mlflow.parentRunId"] = parent

@@ -26,7 +26,6 @@ from exatrack.evaluate import session as evaluate
 from exatrack.lanes.steps import STEPS, failure, find_finished, make_step, step_key
 from exatrack.models import models
 from exatrack.publish.rank import log_board, rank
-from exatrack.publish.registry import REGISTERED_MODEL
 from exatrack.score import leaderboard
 
 log = logging.getLogger(__name__)
@@ -132,7 +131,7 @@ def make_lanes_in_turn(lanes: dict, base: str, calib: str | None, parent_id: str
 
 
 def pipeline(model: str, lanes_file: str, settings, only: str | None = None, calib: str | None = None,
-             force: bool = False, model_name: str = REGISTERED_MODEL, out: str = "submit.zip",
+             force: bool = False, model_name: str | None = None, out: str = "submit.zip",
              verify: str = "files", workers: int = 0, ray_address: str | None = None,
              grader_check: bool = True) -> Outcome:
     """`workers` (or `ray_address`) fans the lanes' steps out over Ray (ray_lanes.py); else in turn."""
@@ -186,7 +185,7 @@ def pipeline(model: str, lanes_file: str, settings, only: str | None = None, cal
         ours = set(finals.values())
         submission = None
         if board.champion and board.leader.checkpoint_run and checkpoint.uri(board.leader.checkpoint_run) in ours:
-            submission = promote(model_name=model_name, out=out, verify=verify, parent_run_id=parent_id,
+            submission = promote(model_name=board.registered_model, out=out, verify=verify, parent_run_id=parent_id,
                                  grader_check=grader_check)
         log_board(board)
     return Outcome(status, board, submission)

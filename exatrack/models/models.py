@@ -14,6 +14,7 @@ from exatrack.models import downloads
 
 DEFAULT_MODEL = "LGAI-EXAONE/EXAONE-4.0-1.2B"
 SOURCE_MODEL = "exatrack.source_model"  # the tag naming the uncompressed model a run's checkpoint derives from
+MODEL_TYPE = "exatrack.model_type"  # the tag naming an evaluated model's family (config.json's model_type)
 REQUIRES = "exatrack.requires."  # tags of the hardware a checkpoint's recipe needs, e.g. .compute_capability
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 RUN_URI = re.compile(r"^runs:/([0-9a-f]+)/(.+?)/?$")

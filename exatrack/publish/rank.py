@@ -5,7 +5,6 @@ the leader where it beats the base."""
 from exatrack.core import stats, tracking
 from exatrack.core.basics import ExatrackError
 from exatrack.publish import registry
-from exatrack.publish.registry import REGISTERED_MODEL
 from exatrack.score import leaderboard, render
 
 
@@ -50,17 +49,21 @@ def log_board(board) -> None:
     mlflow.set_tag("exatrack.verdict", board.verdict()[:5000])
 
 
-def rank(model_name: str = REGISTERED_MODEL, parent_run_id: str | None = None, fingerprint: str | None = None,
+def rank(model_name: str | None = None, parent_run_id: str | None = None, fingerprint: str | None = None,
          source: str | None = None, estimator: str = "sum", register: bool = True) -> leaderboard.Board:
+    """The board of one fingerprint and source; its leader registered under `model_name` (by default
+    the source's own: registry.name_for), which the board keeps as `registered_model`."""
     import mlflow
     from mlflow import MlflowClient
 
-    registry.check_name(model_name)
+    client = MlflowClient()
+    if model_name:  # refused before any run opens; the type of the base it would rank against decides the rule
+        registry.check_name(model_name, leaderboard.scope_type(client, tracking.use_experiment(), fingerprint, source))
     if estimator not in stats.ESTIMATORS:
         raise ExatrackError(f"estimator={estimator} is not one of {', '.join(stats.ESTIMATORS)}")
-    client = MlflowClient()
     with tracking.run("rank", run_name="rank", parent_run_id=parent_run_id) as active:
         board = leaderboard.for_scope(client, active.info.experiment_id, fingerprint, source, estimator)
+        board.registered_model = model_name = model_name or registry.name_for(board.source, board.source_type)
         log_scores(client, board)
         mlflow.log_params({"fingerprint": board.fingerprint, "source_model": board.source, "estimator": estimator})
         log_board(board)

@@ -2,20 +2,45 @@
 where it was earned (a score above the base's 0.5). Aliases, not stages."""
 
 import logging
+import re
+from pathlib import Path
+
+from exatrack.core.basics import ExatrackError
+from exatrack.models.models import SOURCE_MODEL
 
 log = logging.getLogger(__name__)
 REGISTERED_MODEL = "EXAONE-4.0-1.2B-exatrack"  # the EXAONE licence: a modified model's name begins with "EXAONE"
 CHAMPION = "champion"
 SUBMISSION = "submission"
+EXAONE_TYPES = (None, "", "exaone4")  # model types the licence's naming rule covers (None: tagged before it existed)
 
 
-def check_name(model_name: str) -> None:
-    from exatrack.core.basics import ExatrackError
+def name_for(source: str, model_type: str | None) -> str:
+    """The registered model a source's lanes go under unless one is named: EXAONE's, or for another
+    family one of its own (e.g. smollm2-exatrack), so that one registry never mixes two models."""
+    if model_type in EXAONE_TYPES:
+        return REGISTERED_MODEL
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(source).name).strip("-") + "-exatrack"
+
+
+def check_name(model_name: str, model_type: str | None = None) -> None:
     from exatrack.core.tracking import quoted
 
-    if not model_name.startswith("EXAONE"):
+    if model_type in EXAONE_TYPES and not model_name.startswith("EXAONE"):
         raise ExatrackError(f"registered model name '{model_name}' must begin with 'EXAONE' (the EXAONE model licence)")
     quoted(model_name)  # a name MLflow's search cannot find again is refused before any work
+
+
+def check_one_source(client, model_name: str, source: str) -> None:
+    """`champion` and `submission` of a registered model point at one source model's lanes; a version
+    of another (SmolLM2 ranked under EXAONE's name) would let `promote` zip the wrong model."""
+    from exatrack.core.tracking import quoted
+
+    for version in client.search_model_versions(f"name = {quoted(model_name)}"):
+        theirs = version.tags.get("source_model") or client.get_run(version.run_id).data.tags.get(SOURCE_MODEL)
+        if theirs and theirs != source:
+            raise ExatrackError(f"{model_name} holds versions of {theirs}, not {source}; rank {source}'s lanes under "
+                                f"their own name: --registered_model {name_for(source, 'other')}")
 
 
 def register_champion(client, board, model_name: str) -> str | None:
@@ -42,7 +67,9 @@ def register_champion(client, board, model_name: str) -> str | None:
             raise
     existing = client.search_model_versions(f"name = {quoted(model_name)} and run_id = {quoted(run_id)}")
     s = leader.score
+    check_one_source(client, model_name, board.source)
     tags = {"score": f"{s.score:.4f}", "score_ci": f"[{s.score_ci.low:.4f}, {s.score_ci.high:.4f}]",
+            "source_model": board.source,
             "fingerprint": board.fingerprint, "evaluation_run": leader.run.info.run_id,
             "tied_with": ",".join(e.name for e in board.scored[1:] if e.tied)}
     version = existing[0] if existing else client.create_model_version(

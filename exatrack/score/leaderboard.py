@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from exatrack.core.tracking import quoted
 from exatrack.evaluate import session as evaluate
 from exatrack.evaluate.benchmarks import REGISTRY
-from exatrack.models.models import SOURCE_MODEL
+from exatrack.models.models import MODEL_TYPE, SOURCE_MODEL
 from exatrack.score.score import Difference, Measured, Score, Unscorable, paired_difference, paired_score, recovery
 
 BASE_SCORE = 0.5  # the base against itself: PerfNorm 1, SpeedNorm 0
@@ -53,6 +53,7 @@ class Board:
     entries: list[Entry]
     official_ratios: list[float] = field(default_factory=list)  # official / local of every recorded pair
     champion: str | None = None  # the registered version `champion` points at after this ranking
+    registered_model: str | None = None  # the registered model it ranked into
 
     @property
     def scored(self) -> list[Entry]:
@@ -62,6 +63,11 @@ class Board:
     @property
     def leader(self) -> Entry | None:
         return self.scored[0] if self.scored else None
+
+    @property
+    def source_type(self) -> str | None:
+        """The base's model_type; None for runs evaluated before exatrack tagged it (all EXAONE-4)."""
+        return next((e.run.data.tags.get(MODEL_TYPE) for e in self.entries if e.is_base), None)
 
     def verdict(self) -> str:
         leader = self.leader
@@ -118,6 +124,12 @@ def default_scope(runs: list) -> tuple[str, str] | None:
         if run.data.tags.get(evaluate.BASE) == "true":
             return run.data.tags[evaluate.FINGERPRINT], run.data.tags[SOURCE_MODEL]
     return None
+
+
+def scope_type(client, experiment_id: str, fingerprint: str | None, source: str | None) -> str | None:
+    """The model_type of the base a ranking would score against (None where none is tagged)."""
+    runs = evaluation_runs(client, experiment_id, fingerprint, source)
+    return next((r.data.tags.get(MODEL_TYPE) for r in runs if r.data.tags.get(evaluate.BASE) == "true"), None)
 
 
 def for_scope(client, experiment_id: str, fingerprint: str | None, source: str | None, estimator: str = "sum") -> Board:

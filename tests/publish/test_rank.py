@@ -15,6 +15,7 @@ from exatrack.evaluate import session as evaluate
 from exatrack.evaluate.benchmarks import REGISTRY
 from exatrack.evaluate.session import Settings
 from exatrack.models import models
+from exatrack.publish import registry
 from exatrack.publish.rank import rank, record_official
 from exatrack.score import leaderboard
 from exatrack.score.render import markdown, to_csv
@@ -106,14 +107,29 @@ def test_every_lane_of_the_session_carries_its_paired_difference_to_the_leader_a
             assert m[f"{name}.token_ratio"] > 0
 
 
-def test_another_source_model_never_competes_and_the_newest_base_sets_the_default_board(fast, checkpoints, tmp_path, monkeypatch):
-    other = tmp_path / "real-model"  # another model family in the same store
+def test_another_source_model_never_competes_nor_shares_a_registered_model(fast, checkpoints, tmp_path, monkeypatch):
+    other = tmp_path / "real-model"  # another model in the same store
     shutil.copytree(models.resolve("tiny").folder, other)
     slow = evaluated(str(other), [checkpoints["a"]], RecordedSession(0.01, 0.03), monkeypatch)
-    newest = rank("EXAONE-rank-test")
+    fingerprint = MlflowClient().get_run(slow.base).data.tags["exatrack.fingerprint"]
+    tiny = rank("EXAONE-rank-test", source="tiny", fingerprint=fingerprint)
+    assert {e.run.info.run_id for e in tiny.entries} == {fast.base, *fast.runs.values()} and tiny.champion
+    before = MlflowClient().search_model_versions("name = 'EXAONE-rank-test'")
+    with pytest.raises(ExatrackError, match=f"EXAONE-rank-test holds versions of tiny, not {other}"):
+        rank("EXAONE-rank-test")  # the newest base's board is the other model's: its leader would become champion
+    assert MlflowClient().search_model_versions("name = 'EXAONE-rank-test'") == before
+    newest = rank("EXAONE-rank-test-other")
     assert newest.source == str(other) and {e.run.info.run_id for e in newest.entries} == {slow.base, *slow.runs.values()}
-    tiny = rank("EXAONE-rank-test", source="tiny", fingerprint=entry(newest, slow.base).run.data.tags["exatrack.fingerprint"])
-    assert {e.run.info.run_id for e in tiny.entries} == {fast.base, *fast.runs.values()}
+
+
+def test_another_family_ranks_under_its_own_name_and_the_exaone_rule_is_exaone_s(fast):
+    assert MlflowClient().get_run(fast.base).data.tags[models.MODEL_TYPE] == "exaone4"
+    assert registry.name_for("smollm2", "llama") == "smollm2-exatrack"
+    assert registry.name_for("/models/SmolLM2 135M", "llama") == "SmolLM2-135M-exatrack"
+    assert registry.name_for("tiny", "exaone4") == registry.name_for("old", None) == registry.REGISTERED_MODEL
+    registry.check_name("smollm2-exatrack", "llama")
+    with pytest.raises(ExatrackError, match="must begin with 'EXAONE'"):
+        registry.check_name("smollm2-exatrack", "exaone4")
 
 
 def test_a_lane_that_does_not_beat_the_base_is_never_registered(checkpoints, monkeypatch, caplog):
