@@ -107,18 +107,20 @@ def test_every_lane_of_the_session_carries_its_paired_difference_to_the_leader_a
             assert m[f"{name}.token_ratio"] > 0
 
 
-def test_another_source_model_never_competes_nor_shares_a_registered_model(fast, checkpoints, tmp_path, monkeypatch):
+def test_another_source_model_never_competes_nor_shares_a_registered_model(checkpoints, tmp_path, monkeypatch):
+    mlflow.set_experiment("rank-two-sources")  # its own study: the module's newest base stays tiny's
     other = tmp_path / "real-model"  # another model in the same store
     shutil.copytree(models.resolve("tiny").folder, other)
+    first = evaluated("tiny", list(checkpoints.values()), RecordedSession(0.02, 0.03), monkeypatch)
     slow = evaluated(str(other), [checkpoints["a"]], RecordedSession(0.01, 0.03), monkeypatch)
     fingerprint = MlflowClient().get_run(slow.base).data.tags["exatrack.fingerprint"]
-    tiny = rank("EXAONE-rank-test", source="tiny", fingerprint=fingerprint)
-    assert {e.run.info.run_id for e in tiny.entries} == {fast.base, *fast.runs.values()} and tiny.champion
-    before = MlflowClient().search_model_versions("name = 'EXAONE-rank-test'")
-    with pytest.raises(ExatrackError, match=f"EXAONE-rank-test holds versions of tiny, not {other}"):
-        rank("EXAONE-rank-test")  # the newest base's board is the other model's: its leader would become champion
-    assert MlflowClient().search_model_versions("name = 'EXAONE-rank-test'") == before
-    newest = rank("EXAONE-rank-test-other")
+    tiny = rank("EXAONE-rank-two", source="tiny", fingerprint=fingerprint)
+    assert {e.run.info.run_id for e in tiny.entries} == {first.base, *first.runs.values()} and tiny.champion
+    before = MlflowClient().search_model_versions("name = 'EXAONE-rank-two'")
+    with pytest.raises(ExatrackError, match=f"EXAONE-rank-two holds versions of tiny, not {other}"):
+        rank("EXAONE-rank-two")  # the newest base's board is the other model's: its leader would become champion
+    assert MlflowClient().search_model_versions("name = 'EXAONE-rank-two'") == before
+    newest = rank("EXAONE-rank-two-other")
     assert newest.source == str(other) and {e.run.info.run_id for e in newest.entries} == {slow.base, *slow.runs.values()}
 
 
@@ -182,7 +184,7 @@ def test_an_official_score_outside_0_1_is_refused(fast, score):
 def test_a_registered_version_carries_its_model_card(fast):
     from exatrack.publish import card
 
-    board = rank("EXAONE-rank-test")
+    board = rank("EXAONE-rank-test", source="tiny", fingerprint=MlflowClient().get_run(fast.base).data.tags["exatrack.fingerprint"])
     client = MlflowClient()
     version = client.get_model_version_by_alias("EXAONE-rank-test", "champion")
     text = version.description
@@ -192,4 +194,5 @@ def test_a_registered_version_carries_its_model_card(fast):
     assert f"score {s.score:.4f} [{s.score_ci.low:.4f}, {s.score_ci.high:.4f}]" in text
     assert f"fingerprint {board.fingerprint}" in text and "quantize (run " in text and "source model: " in text
     assert "KMMLU-Redux: " in text or "KMMLU-Pro: " in text
-    assert "not checked yet" in text and "none recorded" in text
+    official = board.leader.official  # another test may have recorded one
+    assert "not checked yet" in text and ("none recorded" if official is None else f"- {official:.4f}") in text
