@@ -47,6 +47,7 @@ def evaluated(base_ref: str, refs: list[str], session: RecordedSession, monkeypa
 @pytest.fixture(scope="module")
 def fast(checkpoints):
     """Quantized checkpoints a third faster than the base in the recorded clock."""
+    mlflow.set_experiment("rank-test")  # module fixtures start before the autouse one, after any test's own
     with pytest.MonkeyPatch.context() as patch:
         return evaluated("tiny", list(checkpoints.values()), RecordedSession(0.02, 0.03), patch)
 
