@@ -16,17 +16,19 @@ from exatrack.publish import grader
 # groups of 64: 128 does not divide SmolLM2's width of 576 (quantize refuses it, tested below).
 RECIPES = {"w8a16": ("rtn_w8a16", {"group_size": "64"}), "w8a8": ("rtn_w8a8", {}),
            "w4a16": ("rtn_w4a16", {"group_size": "64"})}
-ORDER = ("w8a16", "w8a8", "w4a16")
-# One worker builds the fixtures below once (make test's two workers would each quantize them again).
-pytestmark = pytest.mark.xdist_group("smollm2")  # int8 weights in groups < int8 per channel with int8 activations < int4
+ORDER = ("w8a16", "w8a8", "w4a16")  # int8 weights in groups < int8 per channel with int8 activations < int4
+# Session-scoped fixtures: xdist interleaves other modules' tests between these, and a module-scoped
+# fixture is torn down and built again each time it does. The group would keep them on one worker
+# (but see tests/conftest.py: loadgroup groups nothing under pytest 9.2).
+pytestmark = pytest.mark.xdist_group("smollm2")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def smollm2():
     return models.resolve("smollm2")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def formats(smollm2):
     """Each format's run, quantized from smollm2."""
     return {name: mlflow.get_run(quantize.quantize("smollm2", recipe, params)) for name, (recipe, params) in RECIPES.items()}
