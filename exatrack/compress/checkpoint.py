@@ -54,7 +54,7 @@ def log_checkpoint(model: Model, write, reference: Path | None = None) -> None:
         if rewritten := compat.for_both_stacks(folder, model.folder):  # the grader's stack reads what ours does
             mlflow.set_tag("exatrack.rewritten_for_grader", "; ".join(rewritten)[:5000])
         mlflow.log_metrics(size_metrics(model.folder, folder))
-        texts = proxy.measure(reference or model.folder, folder)
+        [texts] = proxy.measure(reference or model.folder, folder)
         mlflow.log_metrics(proxy.summarize(texts))
         mlflow.log_dict({"reference": str(reference or model.source), "texts": texts}, PROXY_TEXTS)
         tracking.log_folder(folder, CHECKPOINT)

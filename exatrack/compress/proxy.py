@@ -67,27 +67,23 @@ def difference(candidate: list[tuple[float, int, int]], base: list[tuple[float, 
 def side_by_side(reference_folder, checkpoints: dict, base: str, max_tokens: int = 512) -> dict[str, dict]:
     """Each checkpoint's proxy against the reference model, and its paired difference to the `base`
     checkpoint's: for two ways of making the same checkpoint (exatrack.compress.gptq's paths)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(reference_folder)
-    reference = AutoModelForCausalLM.from_pretrained(reference_folder, dtype=torch.float32).eval()
-    texts = {name: per_text(reference, AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(),
-                            tokenizer, max_tokens) for name, folder in checkpoints.items()}
+    texts = dict(zip(checkpoints, measure(reference_folder, *checkpoints.values(), max_tokens=max_tokens)))
     return {name: {**summarize(t), **difference(t, texts[base])} for name, t in texts.items()}
 
 
-def measure(reference_folder, checkpoint_folder, max_tokens: int = 512) -> list[tuple[float, int, int]]:
-    """per_text of a checkpoint against its reference, both loaded in float32."""
+def measure(reference_folder, *checkpoint_folders, max_tokens: int = 512) -> list[list[tuple[float, int, int]]]:
+    """per_text of each checkpoint against the reference, all loaded in float32 (the reference once)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(reference_folder)
-    reference = AutoModelForCausalLM.from_pretrained(reference_folder, dtype=torch.float32).eval()
-    candidate = AutoModelForCausalLM.from_pretrained(checkpoint_folder, dtype=torch.float32).eval()
-    return per_text(reference, candidate, tokenizer, max_tokens)
+    def load(folder):
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+    tokenizer, reference = AutoTokenizer.from_pretrained(reference_folder), load(reference_folder)
+    return [per_text(reference, load(folder), tokenizer, max_tokens) for folder in checkpoint_folders]
 
 
 def quality_proxy(reference_folder, checkpoint_folder, max_tokens: int = 512) -> dict:
     """proxy_kl (mean KL per token), proxy_top1_agreement, each with _low/_high, and proxy_tokens."""
-    return summarize(measure(reference_folder, checkpoint_folder, max_tokens))
+    [texts] = measure(reference_folder, checkpoint_folder, max_tokens=max_tokens)
+    return summarize(texts)

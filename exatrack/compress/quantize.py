@@ -36,9 +36,8 @@ def quantize(ref: str, recipe: str, params: dict, calib: str | None = None, pare
         model = models.resolve(ref)
         calib = calibration.choose(calib, model) if chosen.calibrate else None
         tracking.log_new_params({"calib": calib or "none"})
-        chosen.check_modifiers(values)
+        check_against_model(model, chosen.check_modifiers(values), values.get("ignore") or [])
         rendered = chosen.render(values)
-        check_against_model(model, rendered, values.get("ignore") or [])
         tokenizer = AutoTokenizer.from_pretrained(model.folder)
         dataset = None
         if calib:
@@ -63,7 +62,7 @@ def quantize(ref: str, recipe: str, params: dict, calib: str | None = None, pare
         return active.info.run_id
 
 
-def check_against_model(model: models.Model, rendered: dict, ignore: list[str]) -> None:
+def check_against_model(model: models.Model, modifiers: list, ignore: list[str]) -> None:
     """What llmcompressor would trip over only once the weights loaded, tried with its own matching on
     the model's modules built on the meta device (no weights are read): an `ignore` entry that matches
     no module (it keeps nothing in bf16, silently), and a group size that does not divide a Linear's
@@ -72,7 +71,6 @@ def check_against_model(model: models.Model, rendered: dict, ignore: list[str]) 
     from compressed_tensors.quantization import apply_quantization_config
     from compressed_tensors.utils.match import is_match
     from llmcompressor.modifiers.quantization.group_size_validation import get_layers_indivisible_by_group_size
-    from llmcompressor.recipe import Recipe
     from transformers import AutoConfig, AutoModelForCausalLM
 
     with torch.device("meta"):
@@ -82,7 +80,7 @@ def check_against_model(model: models.Model, rendered: dict, ignore: list[str]) 
         if not any(is_match(name, module, entry) for name, module in modules):
             raise ExatrackError(f"ignore={entry} matches no module of {model.ref}; name modules as llmcompressor does, "
                                 "e.g. lm_head, re:.*layers.0.mlp.* or a class such as Linear")
-    for modifier in Recipe.create_instance(yaml.safe_dump(rendered)).modifiers:
+    for modifier in modifiers:
         if not hasattr(modifier, "resolved_config") or modifier.bypass_divisibility_checks:
             continue
         apply_quantization_config(net, modifier.resolved_config)

@@ -54,10 +54,11 @@ class Recipe:
     def render(self, values: dict) -> dict:
         return substitute(self.body, values)
 
-    def check_modifiers(self, values: dict) -> None:
+    def check_modifiers(self, values: dict) -> list:
         """llmcompressor builds the rendered recipe's modifiers here, before any model loads: a misspelt
         modifier or argument fails in one line, and a recipe whose stages it does not recognise (their
-        keys must end in _stage and _modifiers) no longer writes an uncompressed checkpoint silently."""
+        keys must end in _stage and _modifiers) no longer writes an uncompressed checkpoint silently.
+        Returns them, for the checks against the model's modules."""
         from llmcompressor.recipe import Recipe as Built
 
         try:
@@ -69,6 +70,7 @@ class Recipe:
         if not built.modifiers:
             raise ExatrackError(f"recipe file {self.path} holds no modifier llmcompressor runs; nest them as "
                                 "<name>_stage: {<name>_modifiers: {GPTQModifier: {...}}}, as the shipped recipes do")
+        return built.modifiers
 
     def check_packages(self) -> None:
         """Refuse, before any work, a recipe whose checkpoint format this environment cannot write."""

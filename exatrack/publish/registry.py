@@ -18,9 +18,11 @@ EXAONE_TYPES = (None, "", "exaone4")  # model types the licence's naming rule co
 def name_for(source: str, model_type: str | None) -> str:
     """The registered model a source's lanes go under unless one is named: EXAONE's, or for another
     family one of its own (e.g. smollm2-exatrack), so that one registry never mixes two models."""
-    if model_type in EXAONE_TYPES:
-        return REGISTERED_MODEL
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(source).name).strip("-") + "-exatrack"
+    return REGISTERED_MODEL if model_type in EXAONE_TYPES else f"{slug(source)}-exatrack"
+
+
+def slug(source: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(source).name).strip("-")
 
 
 def check_name(model_name: str, model_type: str | None = None) -> None:
@@ -31,7 +33,7 @@ def check_name(model_name: str, model_type: str | None = None) -> None:
     quoted(model_name)  # a name MLflow's search cannot find again is refused before any work
 
 
-def check_one_source(client, model_name: str, source: str) -> None:
+def check_one_source(client, model_name: str, source: str, model_type: str | None) -> None:
     """`champion` and `submission` of a registered model point at one source model's lanes; a version
     of another (SmolLM2 ranked under EXAONE's name) would let `promote` zip the wrong model."""
     from exatrack.core.tracking import quoted
@@ -39,8 +41,10 @@ def check_one_source(client, model_name: str, source: str) -> None:
     for version in client.search_model_versions(f"name = {quoted(model_name)}"):
         theirs = version.tags.get("source_model") or client.get_run(version.run_id).data.tags.get(SOURCE_MODEL)
         if theirs and theirs != source:
+            # another family gets its own default; another EXAONE source this name and the licence's prefix
+            own = f"{model_name}-{slug(source)}" if model_type in EXAONE_TYPES else name_for(source, model_type)
             raise ExatrackError(f"{model_name} holds versions of {theirs}, not {source}; rank {source}'s lanes under "
-                                f"their own name: --registered_model {name_for(source, 'other')}")
+                                f"their own name: --registered_model {own}")
 
 
 def register_champion(client, board, model_name: str) -> str | None:
@@ -67,7 +71,7 @@ def register_champion(client, board, model_name: str) -> str | None:
             raise
     existing = client.search_model_versions(f"name = {quoted(model_name)} and run_id = {quoted(run_id)}")
     s = leader.score
-    check_one_source(client, model_name, board.source)
+    check_one_source(client, model_name, board.source, board.source_type)
     tags = {"score": f"{s.score:.4f}", "score_ci": f"[{s.score_ci.low:.4f}, {s.score_ci.high:.4f}]",
             "source_model": board.source,
             "fingerprint": board.fingerprint, "evaluation_run": leader.run.info.run_id,

@@ -118,7 +118,8 @@ def test_another_source_model_never_competes_nor_shares_a_registered_model(check
     tiny = rank("EXAONE-rank-two", source="tiny", fingerprint=fingerprint)
     assert {e.run.info.run_id for e in tiny.entries} == {first.base, *first.runs.values()} and tiny.champion
     before = MlflowClient().search_model_versions("name = 'EXAONE-rank-two'")
-    with pytest.raises(ExatrackError, match=f"EXAONE-rank-two holds versions of tiny, not {other}"):
+    with pytest.raises(ExatrackError, match=f"EXAONE-rank-two holds versions of tiny, not {other}; .* "
+                                            "--registered_model EXAONE-rank-two-real-model$"):
         rank("EXAONE-rank-two")  # the newest base's board is the other model's: its leader would become champion
     assert MlflowClient().search_model_versions("name = 'EXAONE-rank-two'") == before
     newest = rank("EXAONE-rank-two-other")
