@@ -69,16 +69,24 @@ def test_runs_and_models_uris_resolve_to_the_logged_folder(tiny_model):
     assert models.resolve(f"models:/EXAONE-test/{version.version}").run_id == run.info.run_id
 
 
-def test_a_local_artifact_store_is_read_in_place_and_leaves_no_temporary_copy(tiny_model):
-    """Every runs:/ use used to copy the whole checkpoint into a /tmp folder that was never removed."""
+def test_a_local_artifact_store_is_read_in_place_and_leaves_no_temporary_copy(
+    tiny_model, tmp_path, monkeypatch
+):
+    """Every runs:/ use used to copy the whole checkpoint into a /tmp folder that was never removed.
+
+    The temporary folder is this process's own: the shared /tmp also gets the other xdist worker's
+    files, which once failed this test in CI."""
     import tempfile
 
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
     with mlflow.start_run() as run:
         mlflow.log_artifacts(str(tiny_model), "checkpoint")
-    before = set(Path(tempfile.gettempdir()).iterdir())
+    before = set(private_tmp.iterdir())
     model = models.resolve(f"runs:/{run.info.run_id}/checkpoint")
     assert str(model.folder).startswith(str(Path.cwd() / "mlruns"))
-    assert set(Path(tempfile.gettempdir()).iterdir()) == before
+    assert set(private_tmp.iterdir()) == before
 
 
 def test_lineage_and_requirements_come_with_the_resolved_model(tiny_model):
