@@ -99,7 +99,7 @@ def run_oneshot(args, variant: str):
     samples = len(data)
     modifiers = [GPTQModifier(targets="Linear", scheme=args.scheme, ignore=["lm_head"])]
     modifiers = gptq.speed_up(modifiers, path) if path else modifiers
-    options = gptq.calibration_options(model, samples, args.seq_len)[0] if options is None else options
+    options = gptq.calibration_options(model, samples, args.seq_len, path or "exact")[0] if options is None else options
     attention = gptq.attention(path) if path else contextlib.nullcontext({})
     torch.manual_seed(0)  # llmcompressor shuffles the calibration samples with torch's global generator
     torch.cuda.reset_peak_memory_stats()

@@ -129,57 +129,39 @@ def sdpa_for_eager():
     outside that graph (llmcompressor/pipelines/sequential/helpers.py: SequentialTracer.is_leaf_module
     keeps every sequential target a leaf), and their attention looks up `ALL_ATTENTION_FUNCTIONS
     .get_interface("eager", eager_attention_forward)` (transformers/models/exaone4/modeling_exaone4.py),
-    which returns a registered "eager" entry first. So registering transformers' own sdpa under that
-    name swaps the attention and leaves the traced graph as it is. Yields the calls counted by kind:
-    "causal" (the mask dropped for sdpa's is_causal, its flash kernel) and "masked"."""
+    which returns a registered "eager" entry first. The mask builders are leaves of the graph too
+    (llmcompressor's _get_autowrap_functions), run per sample, and look their builder up in
+    `ALL_MASK_ATTENTION_FUNCTIONS[config._attn_implementation]` (transformers/masking_utils.py,
+    create_causal_mask). So registering transformers' own sdpa attention and sdpa mask under "eager"
+    swaps both and leaves the graph as it is. sdpa's mask builder returns None for a causal mask that
+    needs no materialising (no padding, no window shorter than the sequence: `_ignore_causal_mask_sdpa`),
+    and sdpa then runs is_causal, its flash kernel; so an unpadded sample caches no seq x seq mask
+    between layers (half of what a 2048-token sample cached) and copies none per layer. Yields the
+    attention calls counted by kind: "causal" (no mask) and "masked"."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     calls = collections.Counter()
-    causal_masks = {}
-    # The last mask checked and its verdict. A sample's mask is one tensor that every layer of both
-    # passes receives, so the check (a GPU sync) runs once per sample, not 60 times; holding the tensor
-    # keeps its memory from being reused by the next sample's mask.
-    last = [None, False]
 
     def attention_forward(module, query, key, value, attention_mask, **kwargs):
-        if attention_mask is not None and attention_mask is not last[0]:
-            last[:] = [attention_mask, plain_causal(attention_mask, causal_masks)]
-        if attention_mask is not None and last[1]:
-            attention_mask, kwargs["is_causal"] = None, True
         calls["causal" if attention_mask is None else "masked"] += 1
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
-    previous = ALL_ATTENTION_FUNCTIONS.get("eager")
     ALL_ATTENTION_FUNCTIONS["eager"] = attention_forward
+    ALL_MASK_ATTENTION_FUNCTIONS["eager"] = sdpa_mask
     try:
         yield calls
     finally:
-        if previous is None:
-            del ALL_ATTENTION_FUNCTIONS["eager"]
-        else:
-            ALL_ATTENTION_FUNCTIONS["eager"] = previous
+        del ALL_ATTENTION_FUNCTIONS["eager"], ALL_MASK_ATTENTION_FUNCTIONS["eager"]  # the local overrides only
         log.info("calibration attention through sdpa: %s", dict(calls))
 
 
-def plain_causal(mask: torch.Tensor, known: dict) -> bool:
-    """Whether an eager mask is exactly the causal one of a batch of unpadded samples, as transformers
-    builds it (transformers/masking_utils.py, eager_mask: 0 where attended, the dtype's min elsewhere);
-    a padded sample or a sliding window shorter than the sequence is not, and keeps its mask."""
-    length = mask.shape[-1]
-    if not mask.is_floating_point() or mask.shape[-2] != length:
-        return False
-    where = (length, mask.dtype, mask.device)
-    if where not in known:
-        known[where] = torch.full((length, length), torch.finfo(mask.dtype).min, dtype=mask.dtype,
-                                  device=mask.device).triu(1)
-    return bool((mask == known[where]).all())
-
-
-def calibration_options(model, samples: int, seq_len: int) -> tuple[dict, str]:
+def calibration_options(model, samples: int, seq_len: int, path: str) -> tuple[dict, str]:
     """oneshot's options and where the cached layer inputs stay ("gpu" or "cpu"): on the GPU when they
     fit, below a memory cap set with torch.cuda.set_per_process_memory_fraction too. Each sample caches
-    the hidden states, the eager causal mask and the rotary cos/sin, all in the model's dtype.
+    the hidden states and the rotary cos/sin in the model's dtype, and on the exact path also the eager
+    causal mask (seq x seq); the fast path's unpadded samples have none (`sdpa_for_eager`).
 
     Beside the model on the CPU they are fetched as llmcompressor does, one after the other: its
     `sequential_prefetch` (llmcompressor/pipelines/cache.py, iter_prefetch) onloads the next batch on a
@@ -191,7 +173,8 @@ def calibration_options(model, samples: int, seq_len: int) -> tuple[dict, str]:
         return {}, "cpu"
     config = model.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    per_sample = seq_len * (config.hidden_size + seq_len + 2 * head_dim) * model.dtype.itemsize
+    mask = seq_len if path == "exact" else 0
+    per_sample = seq_len * (config.hidden_size + mask + 2 * head_dim) * model.dtype.itemsize
     free, total = torch.cuda.mem_get_info(device)
     capped = torch.cuda.get_per_process_memory_fraction(device) * total - torch.cuda.memory_reserved(device)
     if samples * per_sample > CACHE_SHARE * min(free, capped):

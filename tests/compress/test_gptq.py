@@ -55,6 +55,31 @@ def test_only_gptq_is_swapped_and_keeps_its_configuration():
     assert not swapped._bf16_products and gptq.speed_up([configured], "fast")[0]._bf16_products
 
 
+@contextlib.contextmanager
+def cached_masks(monkeypatch):
+    """Yields a list that ends up holding, for each store into llmcompressor's layer-input cache, the
+    number of seq x seq tensors in it (the causal masks handed on to the decoder layers)."""
+    from llmcompressor.pipelines.cache import IntermediatesCache
+
+    stored = []
+    update = IntermediatesCache.update
+
+    def squares(value) -> int:
+        if isinstance(value, torch.Tensor):
+            return int(value.dim() == 4 and value.shape[-1] == value.shape[-2] > 1)
+        if isinstance(value, dict):
+            value = list(value.values())
+        return sum(squares(v) for v in value) if isinstance(value, (list, tuple)) else 0
+
+    def recorded(self, batch_index, values):
+        stored.append(squares(values))
+        return update(self, batch_index, values)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(IntermediatesCache, "update", recorded)
+        yield stored
+
+
 @pytest.mark.parametrize("name", ["w8a8", "w4a16"])
 def test_fast_path_checkpoint_is_as_good_as_the_exact_paths_with_sdpa_in_calibration(name, tiny_model, tmp_path,
                                                                                       monkeypatch):
@@ -76,13 +101,18 @@ def test_fast_path_checkpoint_is_as_good_as_the_exact_paths_with_sdpa_in_calibra
     monkeypatch.setattr(gptq, "sdpa_for_eager", counted)
     recipe = recipes.load(name)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    masks_cached = {}
     for path in ("fast", "exact"):
         values = recipe.resolve_params({**SHAPE, "gptq_path": path})
         data = calibration.tokenized_dataset("sample", tokenizer, values["num_samples"], values["max_seq_len"], values["seed"])
-        _, how = quantize.compress(tiny_model, tokenizer, recipe.render(values), tmp_path / path, data, values)
+        with cached_masks(monkeypatch) as masks_cached[path]:
+            _, how = quantize.compress(tiny_model, tokenizer, recipe.render(values), tmp_path / path, data, values)
         assert how["exatrack.gptq_path"] == path
     layers = 4
     assert len(counts) == 1 and counts[0] == {"causal": 2 * layers * SHAPE["num_samples"]}
+    # The embedding subgraph's store of each sample hands the layers their masks; the fast path's has none.
+    assert sum(masks_cached["fast"]) == 0 and len(masks_cached["fast"]) == len(masks_cached["exact"])
+    assert sum(map(bool, masks_cached["exact"])) == SHAPE["num_samples"]
     report = proxy.side_by_side(tiny_model, {path: tmp_path / path for path in ("fast", "exact")}, base="exact",
                                 max_tokens=128)
     fast, exact = report["fast"], report["exact"]
@@ -92,36 +122,49 @@ def test_fast_path_checkpoint_is_as_good_as_the_exact_paths_with_sdpa_in_calibra
     assert exact["proxy_kl_delta"] == 0 and exact["proxy_kl"] > 0
 
 
-def eager_and_sdpa(mask):
-    """Tiny's attention shape through transformers' eager attention and through the swapped entry."""
-    from transformers.models.exaone4.modeling_exaone4 import eager_attention_forward
+def masks_and_attention(tiny_model, padding: int):
+    """Tiny's causal mask for a batch of two 16-token samples, the second left-padded by `padding`,
+    as the model builds it under its attention implementation, and the attention output through it."""
+    from transformers import AutoConfig
+    from transformers.masking_utils import create_causal_mask
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from transformers.models.exaone4.modeling_exaone4 import eager_attention_forward
 
+    config = AutoConfig.from_pretrained(tiny_model)
+    config._attn_implementation = "eager"  # what llmcompressor sets for calibration
+    padding_mask = torch.ones(2, 16, dtype=torch.long)
+    padding_mask[1, :padding] = 0
+    mask = create_causal_mask(config=config, inputs_embeds=torch.zeros(2, 16, 8), attention_mask=padding_mask,
+                              past_key_values=None, position_ids=torch.arange(16).expand(2, -1))
     module = torch.nn.Module()
     module.num_key_value_groups, module.training, module.is_causal = 2, False, True
     generator = torch.Generator().manual_seed(0)
     query = torch.randn(2, 4, 16, 8, generator=generator)
     key, value = (torch.randn(2, 2, 16, 8, generator=generator) for _ in range(2))
-    expected, _ = eager_attention_forward(module, query, key, value, mask, scaling=8**-0.5)
-    got, _ = ALL_ATTENTION_FUNCTIONS.get_interface("eager", eager_attention_forward)(module, query, key, value, mask,
-                                                                                     scaling=8**-0.5)
-    return expected, got
+    attend = ALL_ATTENTION_FUNCTIONS.get_interface("eager", eager_attention_forward)
+    return mask, attend(module, query, key, value, mask, scaling=8**-0.5)[0]
 
 
-def test_sdpa_drops_only_the_plain_causal_mask_and_the_registry_is_restored_after_an_error():
+@pytest.mark.parametrize("padding", [0, 3])
+def test_sdpa_skips_only_a_plain_causal_mask_and_the_registries_are_restored_after_an_error(tiny_model, padding):
+    """Inside, what the model builds and attends through is sdpa's: no mask at all for an unpadded batch
+    (nothing seq x seq to cache), a boolean one for a padded batch; the output on every real token is
+    eager's."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+    from transformers.masking_utils import eager_mask as eager_mask_builder
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    causal = torch.full((16, 16), torch.finfo(torch.float32).min).triu(1).expand(2, 1, 16, 16)
-    padded = causal.clone()
-    padded[1, :, :, :3] = torch.finfo(torch.float32).min  # the second sample left-padded by 3 tokens
-    padded[1, :, :3, 0] = 0  # its padding rows attend to something, as transformers' masks keep them finite
+    eager_mask, expected = masks_and_attention(tiny_model, padding)
     with pytest.raises(RuntimeError), gptq.sdpa_for_eager() as calls:
-        for mask in (causal, padded):
-            expected, got = eager_and_sdpa(mask)
-            torch.testing.assert_close(got, expected)
-        assert calls == {"causal": 1, "masked": 1}
+        mask, got = masks_and_attention(tiny_model, padding)
+        assert (mask is None) == (padding == 0) and (padding == 0 or mask.dtype == torch.bool)
+        assert calls == {"causal" if padding == 0 else "masked": 1}
         raise RuntimeError("calibration failed")
-    assert "eager" not in ALL_ATTENTION_FUNCTIONS
+    real = torch.ones(2, 16, dtype=torch.bool)
+    real[1, :padding] = False
+    torch.testing.assert_close(got[real], expected[real])  # (batch, token, head, dim)
+    assert eager_mask.dtype == torch.float32 and eager_mask.shape == (2, 1, 16, 16)
+    assert "eager" not in ALL_ATTENTION_FUNCTIONS and ALL_MASK_ATTENTION_FUNCTIONS["eager"] is eager_mask_builder
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.mm's fp32 output from bf16 inputs runs on CUDA only")
