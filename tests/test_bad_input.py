@@ -232,7 +232,7 @@ CASES = [
     case("rank --registered_model EXAONE'x\"", "holds both quote characters, which MLflow's search cannot match",
          "rename it without one of them", id="rank-name-with-both-quotes"),
     case("leaderboard --fingerprint a'b\"", "holds both quote characters", id="leaderboard-fingerprint-with-both-quotes"),
-    case("promote --registered_model EXAONE-never-registered", "has no version or alias 'champion'",
+    case("promote --registered_model EXAONE-never-registered", "no registered model is named EXAONE-never-registered",
          "run `exatrack rank` first", run=True, id="promote-nothing-registered"),
     case("promote --registered_model EXAONE-bad-input --version 99", "has no version or alias '99'",
          "name a version number", run=True, id="promote-unknown-version"),

@@ -114,6 +114,10 @@ def version_of(client, model_name: str, version: str):
             return client.get_model_version(model_name, version)
         return client.get_model_version_by_alias(model_name, version)
     except MlflowException:
+        names = [m.name for m in client.search_registered_models()]
+        if model_name not in names:  # rank registers a non-EXAONE source under its own name
+            held = f", or pass --registered_model {names[0]} (this store holds {', '.join(names)})" if names else ""
+            raise ExatrackError(f"no registered model is named {model_name}; run `exatrack rank` first{held}")
         raise ExatrackError(f"{model_name} has no version or alias '{version}'; run `exatrack rank` first, "
                             "or name a version number")
 

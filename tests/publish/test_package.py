@@ -136,3 +136,11 @@ def test_a_promotion_failing_after_the_zip_was_written_keeps_the_previous_one(re
     assert out.read_bytes() == b"last week's submission"
     assert [p.name for p in tmp_path.iterdir()] == ["submit.zip"]
     assert [v.aliases for v in client.search_model_versions("name = 'EXAONE-package-test'")] == before
+
+
+def test_promote_of_a_name_nobody_registered_names_the_ones_there(registered, tmp_path):
+    """rank registers a non-EXAONE source under its own name, while promote's default stays EXAONE's."""
+    with pytest.raises(ExatrackError, match=r"no registered model is named EXAONE-absent; run `exatrack rank` first, "
+                                            r"or pass --registered_model \S+ \(this store holds .*\)$") as refused:
+        promote(model_name="EXAONE-absent", out=str(tmp_path / "submit.zip"))
+    assert registered.name in str(refused.value).split("holds ")[1] and not (tmp_path / "submit.zip").exists()
