@@ -4,9 +4,9 @@
 
 One paired evaluation session. Every model of the request is loaded side by side, once. Each
 benchmark is sent whole (its chunk is all of it, as the grader sends it) or cut into chunks, and
-timed over `passes` passes; every unit (a chunk of one pass) is run on every model, in an order
-rotated from unit to unit, so that whatever slows the machine for a while slows all models alike:
-each unit gives a paired time per token. A unit may be timed `repeats` times in a row (host jitter
+timed over `passes` passes; every unit (a chunk of one pass) is run on every model, in orders that
+balance positions and predecessors (balanced_orders), so that whatever slows the machine for a while
+slows all models alike: each unit gives a paired time per token. A unit may be timed `repeats` times in a row (host jitter
 only ever adds time, so the fastest repeat is the least disturbed one). The answers are those of the
 first run; greedy decoding gives the same tokens again. Every timed run starts from an empty prefix
 cache: the grader sends each prompt once, so a second pass must not find its prompts cached.
@@ -151,17 +151,31 @@ def chunks(count: int, size: int) -> list[range]:
     return [range(start, min(start + size, count)) for start in range(0, count, size)]
 
 
+def balanced_orders(names: list) -> list[list]:
+    """The orders the units run the models in: a Williams design, in which every model comes at every
+    position equally often and right after every other model equally often. A plain rotation balances
+    the positions only: with three models the second followed the first in two units of three and the
+    third never, so whatever one model's run leaves behind for the next (threads still spinning,
+    caches, clocks) favoured one lane over another, and two copies of one checkpoint came out apart
+    (docs/benchmarks.md, "Two copies of one checkpoint")."""
+    n = len(names)
+    first = [0] + [(k + 1) // 2 if k % 2 else n - k // 2 for k in range(1, n)]  # 0, 1, n-1, 2, n-2, ...
+    rows = [[names[(i + j) % n] for j in first] for i in range(n)]
+    return rows + [row[::-1] for row in rows] if n % 2 else rows
+
+
 def run_benchmark(bench: str, engines: dict, conversations: list, size: int, passes: int, repeats: int,
                   sampling: dict, chat_kwargs: dict, offset: int) -> dict:
     """Per model: answers and tokens per conversation, and per timed unit (a chunk of one pass) the
-    seconds of every repeat. Each unit runs on every model in an order rotated from unit to unit."""
+    seconds of every repeat. Each unit runs on every model, the units in turn taking the orders of
+    balanced_orders (from `offset` on, so that the session's benchmarks go on through them)."""
     names = list(engines)
     out = {n: {"answers": [None] * len(conversations), "tokens": [None] * len(conversations), "chunks": [], "clock": "engine"}
            for n in names}
-    parts = chunks(len(conversations), size)
+    parts, orders = chunks(len(conversations), size), balanced_orders(names)
     for unit, (p, k) in enumerate((p, k) for p in range(passes) for k in range(len(parts))):
-        rows, shift = parts[k], (offset + unit) % len(names)
-        for name in names[shift:] + names[:shift]:
+        rows = parts[k]
+        for name in orders[(offset + unit) % len(orders)]:
             part, runs = [conversations[i] for i in rows], []
             for r in range(repeats):
                 forget_prompts(engines[name])
