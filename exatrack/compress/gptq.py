@@ -173,8 +173,8 @@ def calibration_options(model, samples: int, seq_len: int, path: str) -> tuple[d
         return {}, "cpu"
     config = model.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    mask = seq_len if path == "exact" else 0
-    per_sample = seq_len * (config.hidden_size + mask + 2 * head_dim) * model.dtype.itemsize
+    mask_width = seq_len if path == "exact" else 0
+    per_sample = seq_len * (config.hidden_size + mask_width + 2 * head_dim) * model.dtype.itemsize
     free, total = torch.cuda.mem_get_info(device)
     capped = torch.cuda.get_per_process_memory_fraction(device) * total - torch.cuda.memory_reserved(device)
     if samples * per_sample > CACHE_SHARE * min(free, capped):

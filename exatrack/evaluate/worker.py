@@ -6,10 +6,11 @@ One paired evaluation session. Every model of the request is loaded side by side
 benchmark is sent whole (its chunk is all of it, as the grader sends it) or cut into chunks, and
 timed over `passes` passes; every unit (a chunk of one pass) is run on every model, in orders that
 balance positions and predecessors (balanced_orders), so that whatever slows the machine for a while
-slows all models alike: each unit gives a paired time per token. A unit may be timed `repeats` times in a row (host jitter
-only ever adds time, so the fastest repeat is the least disturbed one). The answers are those of the
-first run; greedy decoding gives the same tokens again. Every timed run starts from an empty prefix
-cache: the grader sends each prompt once, so a second pass must not find its prompts cached.
+slows all models alike: each unit gives a paired time per token. A unit may be timed `repeats` times
+in a row (host jitter only ever adds time, so the fastest repeat is the least disturbed one). The
+answers are those of the first run; greedy decoding gives the same tokens again. Every timed run
+starts from an empty prefix cache: the grader sends each prompt once, so a second pass must not find
+its prompts cached.
 
 Conversations run turn by turn (the next user turn is sent with the model's previous answers), with
 the chat template and the requested thinking mode. Generation time is the span from vLLM's own
