@@ -18,8 +18,8 @@ RECIPES = {"w8a16": ("rtn_w8a16", {"group_size": "64"}), "w8a8": ("rtn_w8a8", {}
            "w4a16": ("rtn_w4a16", {"group_size": "64"})}
 ORDER = ("w8a16", "w8a8", "w4a16")  # int8 weights in groups < int8 per channel with int8 activations < int4
 # Session-scoped fixtures: xdist interleaves other modules' tests between these, and a module-scoped
-# fixture is torn down and built again each time it does. The group would keep them on one worker
-# (but see tests/conftest.py: loadgroup groups nothing under pytest 9.2).
+# fixture is torn down and built again each time it does. The group keeps them on one worker, so the
+# formats are quantized once per suite.
 pytestmark = pytest.mark.xdist_group("smollm2")
 
 
