@@ -19,7 +19,8 @@ exatrack's calibration text (--calib) where quality is to be judged too.
 Variants: `default` is llmcompressor's defaults; `shared` swaps in exatrack.compress.gptq's shared-input
 Hessians; `gpu` keeps the cached intermediates on the GPU (sequential_offload_device); `prefetch` is
 llmcompressor's sequential_prefetch; `exact` and `fast` are `quantize`'s gptq_path=exact and =fast,
-the same call (compress/gptq.py); `fast_b4`/`fast_b16` the fast path with batches of 4/16.
+the same call (compress/gptq.py); `fast_split` the fast path with half the samples' cached inputs in
+pinned CPU memory (the placement under a memory cap, forced); `fast_b4`/`fast_b16` the fast path with batches of 4/16.
 --cap-gib 16 caps this process's GPU memory (torch.cuda.set_per_process_memory_fraction) to emulate a
 16 GB card; exatrack's placement of the cached inputs sees the cap.
 """
@@ -42,6 +43,7 @@ VARIANTS = {  # name -> (exatrack's gptq_path, None: llmcompressor's GPTQModifie
     "prefetch": (None, {"sequential_prefetch": True}),
     "exact": ("exact", None),
     "fast": ("fast", None),
+    "fast_split": ("fast", None),  # half the samples' inputs on the GPU, half in pinned CPU memory
     "fast_b4": ("fast", {**GPU_CACHE, "batch_size": 4}),
     "fast_b16": ("fast", {**GPU_CACHE, "batch_size": 16}),
 }
@@ -79,12 +81,6 @@ def calibration_data(args, tokenizer, vocab: int):
     return text.tokenized_dataset(args.calib, tokenizer, args.samples, args.seq_len, seed=0)
 
 
-def cache_placement(options: dict) -> str:
-    if "sequential_offload_device" in options:
-        return "gpu"
-    return "cpu-prefetch" if options.get("sequential_prefetch") else "cpu"
-
-
 def run_oneshot(args, variant: str):
     import torch
     from llmcompressor import oneshot
@@ -99,21 +95,30 @@ def run_oneshot(args, variant: str):
     samples = len(data)
     modifiers = [GPTQModifier(targets="Linear", scheme=args.scheme, ignore=["lm_head"])]
     modifiers = gptq.speed_up(modifiers, path) if path else modifiers
-    options = gptq.calibration_options(model, samples, args.seq_len, path or "exact")[0] if options is None else options
+    resident = gptq.resident_samples(model, samples, args.seq_len, path or "exact")
+    resident = samples // 2 if variant == "fast_split" else resident
     attention = gptq.attention(path) if path else contextlib.nullcontext({})
+    cache = gptq.cached_inputs(model, samples, resident) if options is None else contextlib.nullcontext((options, None))
     torch.manual_seed(0)  # llmcompressor shuffles the calibration samples with torch's global generator
     torch.cuda.reset_peak_memory_stats()
     torch.cuda.synchronize()
     started = time.perf_counter()
-    with attention as sdpa_calls:
+    with attention as sdpa_calls, cache as (options, placement):
         oneshot(model=model, dataset=data, recipe=modifiers, num_calibration_samples=samples,
                 max_seq_length=args.seq_len, **options)
     torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     return model, {"variant": variant, "scheme": args.scheme, "samples": samples, "seq_len": args.seq_len,
                    "seconds": seconds, "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "cap_gib": args.cap_gib,
-                   "options": options, "cache": cache_placement(options), "gptq_path": path,
-                   "sdpa_calls": dict(sdpa_calls), "calib": args.calib, "device": torch.cuda.get_device_name()}
+                   "options": options, "cache": placement or llmcompressor_placement(options), "gptq_path": path,
+                   "sdpa_calls": dict(sdpa_calls), "calib": args.calib, "device": torch.cuda.get_device_name(),
+                   "pinned_peak_gib": torch.cuda.host_memory_stats().get("allocated_bytes.peak", 0) / 2**30}
+
+
+def llmcompressor_placement(options: dict) -> str:
+    if "sequential_offload_device" in options:
+        return "gpu"
+    return "cpu-prefetch" if options.get("sequential_prefetch") else "cpu"
 
 
 def saved(args, variant: str) -> Path:

@@ -6,8 +6,8 @@ memcpy) and ~4.5 ms the fp32 Hessian products, 5 of 7 of them repeated: q/k/v re
 gate/up another, yet each Linear's hook multiplies it again. Two paths (`gptq_path`):
 
 - `exact` leaves every number as it was, so the checkpoint is bit for bit the default path's (tested
-  on tiny, measured at full size): `calibration_options` keeps the cached layer inputs on the GPU when
-  they fit (llmcompressor's own `sequential_offload_device`), and `SharedInputGPTQModifier` computes
+  on tiny, measured at full size): `cached_inputs` keeps the cached layer inputs on the GPU as far as
+  they fit (`resident_samples`) and the rest in pinned CPU memory, and `SharedInputGPTQModifier` computes
   2·XᵀX once per input tensor and adds it to each Hessian, the additions llmcompressor does, in the
   same order on the same values.
 - `fast` (the default) adds what changes rounding and is judged by quality instead (the proxy's
@@ -29,6 +29,7 @@ import torch
 from compressed_tensors.utils import get_execution_device
 from llmcompressor.modifiers.gptq import GPTQModifier
 from llmcompressor.modifiers.gptq.helpers import accumulate_hessian, make_empty_hessian
+from llmcompressor.pipelines.cache import IntermediatesCache, IntermediateValue
 from pydantic import PrivateAttr
 
 from exatrack.core import console
@@ -157,28 +158,87 @@ def sdpa_for_eager():
         log.info("calibration attention through sdpa: %s", dict(calls))
 
 
-def calibration_options(model, samples: int, seq_len: int, path: str) -> tuple[dict, str]:
-    """oneshot's options and where the cached layer inputs stay ("gpu" or "cpu"): on the GPU when they
-    fit, below a memory cap set with torch.cuda.set_per_process_memory_fraction too. Each sample caches
-    the hidden states and the rotary cos/sin in the model's dtype, and on the exact path also the eager
-    causal mask (seq x seq); the fast path's unpadded samples have none (`sdpa_for_eager`).
-
-    Beside the model on the CPU they are fetched as llmcompressor does, one after the other: its
-    `sequential_prefetch` (llmcompressor/pipelines/cache.py, iter_prefetch) onloads the next batch on a
-    second CUDA stream without making that stream wait for the compute stream's use of the memory it
-    reuses (no record_stream, no wait_event that way), and its cache is not pinned for GPTQ (only AWQ
-    calls pin_memory); on the H100 it moved 9% of the int8 values, which no mere copy may do."""
+def resident_samples(model, samples: int, seq_len: int, path: str) -> int:
+    """How many samples' cached layer inputs stay on the GPU: as many as fit in CACHE_SHARE of what is
+    free beside the model, below a memory cap set with torch.cuda.set_per_process_memory_fraction too;
+    0 for a model on the CPU. Each sample caches the hidden states and the rotary cos/sin in the model's
+    dtype, and on the exact path also the eager causal mask (seq x seq); the fast path's unpadded
+    samples have none (`sdpa_for_eager`)."""
     device = next(model.parameters()).device
     if not torch.cuda.is_available() or device.type != "cuda":
-        return {}, "cpu"
+        return 0
     config = model.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     mask_width = seq_len if path == "exact" else 0
     per_sample = seq_len * (config.hidden_size + mask_width + 2 * head_dim) * model.dtype.itemsize
     free, total = torch.cuda.mem_get_info(device)
     capped = torch.cuda.get_per_process_memory_fraction(device) * total - torch.cuda.memory_reserved(device)
-    if samples * per_sample > CACHE_SHARE * min(free, capped):
-        log.info("calibration inputs (%.1f GiB) stay in CPU memory: they would not fit beside the model",
-                 samples * per_sample / 2**30)
-        return {}, "cpu"
-    return {"sequential_offload_device": str(device)}, "gpu"
+    return min(samples, int(CACHE_SHARE * min(free, capped) // per_sample))
+
+
+@contextlib.contextmanager
+def cached_inputs(model, samples: int, resident: int):
+    """oneshot's options for the cached layer inputs, the first `resident` samples' on the GPU and the
+    rest in pinned CPU memory (`GpuFirstCache`), and the tag saying where they stayed. All on the GPU
+    is llmcompressor's own `sequential_offload_device`.
+
+    Not llmcompressor's `sequential_prefetch` (llmcompressor/pipelines/cache.py, iter_prefetch) for
+    the rest: it onloads the next batch on a second CUDA stream without making that stream wait for
+    the compute stream's use of the memory it reuses, and on the H100 it moved 9% of the int8 values,
+    which no mere copy may do."""
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        yield {}, "cpu"
+    elif resident >= samples:
+        yield {"sequential_offload_device": str(device)}, "gpu"
+    else:
+        log.info("calibration inputs: %d of %d samples on the GPU, the rest in pinned CPU memory", resident, samples)
+        with gpu_first(resident):
+            yield {}, f"gpu {resident}/{samples}, rest pinned cpu"
+
+
+@contextlib.contextmanager
+def gpu_first(resident: int):
+    """The sequential pipeline builds its cache through its module's name for the class
+    (llmcompressor/pipelines/sequential/pipeline.py: `IntermediatesCache.from_dataloader`), so pointing
+    that name at a `GpuFirstCache` for the length of a oneshot changes where the inputs stay and
+    nothing else."""
+    from llmcompressor.pipelines.sequential import pipeline
+
+    class Cache(GpuFirstCache):
+        pass
+
+    Cache.resident = resident
+    pipeline.IntermediatesCache = Cache
+    try:
+        yield
+    finally:
+        pipeline.IntermediatesCache = IntermediatesCache
+
+
+class GpuFirstCache(IntermediatesCache):
+    """llmcompressor's layer-input cache (llmcompressor/pipelines/cache.py) keeping the first `resident`
+    batches on the GPU and copying the others to pinned CPU memory, where its own copy is pageable: a
+    pageable copy is staged through a driver buffer and blocks; a pinned one is a DMA at the link's speed
+    that also lets its `_onload_value` (non_blocking to the accelerator) queue the way back without a
+    wait.
+
+    Both copies are queued on the compute stream, so every use of a batch's values comes after the copy
+    that made them, and torch's pinned allocator keeps a block from reuse until the copies queued on it
+    have run (CachingHostAllocator's record_event for non_blocking copies). So copies change no value:
+    on the H200, half of 128 samples moved, the int8 weights equalled the all-GPU run's
+    (docs/benchmarks.md, issue 25)."""
+
+    resident = 0
+
+    def update(self, batch_index: int, values: dict):
+        device = None if batch_index < self.resident else self.offload_device
+        self.batch_intermediates[batch_index].update({k: self._offload_value(v, device) for k, v in values.items()})
+
+    @classmethod
+    def _offload_value(cls, value, offload_device, onload_device=None) -> IntermediateValue:
+        if isinstance(value, torch.Tensor) and value.is_cuda and offload_device is not None \
+                and torch.device(offload_device).type == "cpu":
+            host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+            return IntermediateValue(host.copy_(value, non_blocking=True), onload_device or value.device)
+        return super()._offload_value(value, offload_device, onload_device)

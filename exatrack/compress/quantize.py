@@ -111,10 +111,10 @@ def compress(source: Path, tokenizer, recipe: dict, out: Path, dataset, values: 
     samples = len(dataset) if dataset is not None else values.get("num_samples", 1)
     path = values.get("gptq_path", "exact")  # data-free recipes have no calibration to speed up
     modifiers = gptq.speed_up(Recipe.create_instance(yaml.safe_dump(recipe)).modifiers, path)
-    options, cache = gptq.calibration_options(model, samples, seq_len, path)
+    resident = gptq.resident_samples(model, samples, seq_len, path)
     loaded = time.perf_counter()
     torch.manual_seed(values.get("seed", 0))  # llmcompressor shuffles the calibration samples with it
-    with gptq.attention(path):
+    with gptq.attention(path), gptq.cached_inputs(model, samples, resident) as (options, cache):
         oneshot(model=model, tokenizer=tokenizer, recipe=modifiers, dataset=dataset, num_calibration_samples=samples,
                 max_seq_length=seq_len, **options)
     calibrated = time.perf_counter()

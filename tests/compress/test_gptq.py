@@ -167,6 +167,52 @@ def test_sdpa_skips_only_a_plain_causal_mask_and_the_registries_are_restored_aft
     assert "eager" not in ALL_ATTENTION_FUNCTIONS and ALL_MASK_ATTENTION_FUNCTIONS["eager"] is eager_mask_builder
 
 
+def test_the_split_cache_keeps_the_first_batches_in_place_and_moves_the_rest():
+    """"meta" stands in for the CPU memory the GPU's batches move to: a batch past `resident` holds a
+    moved copy, one before it the very tensor the layer gave."""
+    cache = gptq.GpuFirstCache.empty(4, torch.device("meta"))
+    cache.resident = 2
+    outputs = [torch.randn(2, 3) for _ in range(4)]
+    for index, output in enumerate(outputs):
+        cache.update(index, {"hidden_states": output, "position_embeddings": (output, output)})
+    held = [cache.batch_intermediates[index]["hidden_states"].value for index in range(4)]
+    assert held[0] is outputs[0] and held[1] is outputs[1]
+    assert [tensor.device.type for tensor in held] == ["cpu", "cpu", "meta", "meta"]
+    pair = cache.batch_intermediates[3]["position_embeddings"].value
+    assert [item.value.device.type for item in pair] == ["meta", "meta"]
+    assert cache.fetch(1)["hidden_states"] is outputs[1]
+
+
+def test_llmcompressors_pipeline_caches_through_the_split_cache_and_gets_it_back_after(tiny_model, tmp_path, monkeypatch):
+    """What a memory-capped GPU runs, on the CPU: the sequential pipeline stores every batch through
+    `GpuFirstCache`, on both sides of `resident`, and writes the same checkpoint (here every copy is a
+    CPU tensor's own; the GPU's copies are checked by benchmarks/gptq_speed.py's `fast_split`)."""
+    from llmcompressor.pipelines.cache import IntermediatesCache
+    from llmcompressor.pipelines.sequential import pipeline
+
+    stores = []  # for each store, whether its batch stays where the layer left it
+    update = gptq.GpuFirstCache.update
+
+    def recorded(self, index, values):
+        stores.append(index < self.resident)
+        update(self, index, values)
+
+    monkeypatch.setattr(gptq.GpuFirstCache, "update", recorded)
+    rendered = recipes.load("w8a8").render(recipes.load("w8a8").resolve_params(SHAPE))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    data = calibration.tokenized_dataset("sample", tokenizer, SHAPE["num_samples"], SHAPE["max_seq_len"], SHAPE["seed"])
+    with gptq.gpu_first(SHAPE["num_samples"] // 2):
+        default_path(tiny_model, tokenizer, rendered, tmp_path / "split", data, SHAPE)
+    assert pipeline.IntermediatesCache is IntermediatesCache
+    default_path(tiny_model, tokenizer, rendered, tmp_path / "default", data, SHAPE)
+    assert stores.count(True) == stores.count(False) > 0
+    split, default = (load_file(str(tmp_path / kind / "model.safetensors")) for kind in ("split", "default"))
+    assert split.keys() == default.keys() and all(torch.equal(split[key], default[key]) for key in split)
+    with pytest.raises(RuntimeError), gptq.gpu_first(1):
+        raise RuntimeError("calibration failed")
+    assert pipeline.IntermediatesCache is IntermediatesCache
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.mm's fp32 output from bf16 inputs runs on CUDA only")
 def test_bf16_products_are_llmcompressors_hessian_within_bf16_rounding():
     from llmcompressor.modifiers.gptq.helpers import accumulate_hessian, make_empty_hessian
@@ -177,3 +223,17 @@ def test_bf16_products_are_llmcompressors_hessian_within_bf16_rounding():
     bf16, bf16_samples = gptq.bf16_hessian(inp, make_empty_hessian(linear))
     assert bf16.dtype == torch.float32 and float(bf16_samples) == float(fp32_samples) == 4
     torch.testing.assert_close(bf16, fp32, rtol=1e-3, atol=1e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
+def test_a_moved_batch_is_pinned_and_comes_back_to_the_gpu_unchanged():
+    cache = gptq.GpuFirstCache.empty(2, torch.device("cpu"))
+    cache.resident = 1
+    outputs = [torch.randn(64, 256, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
+    for index, output in enumerate(outputs):
+        cache.update(index, {"hidden_states": output})
+    moved = cache.batch_intermediates[1]["hidden_states"].value
+    assert moved.device.type == "cpu" and moved.is_pinned()
+    back = cache.fetch(1)["hidden_states"]
+    assert back.is_cuda and torch.equal(back, outputs[1])
+    assert cache.fetch(0)["hidden_states"] is outputs[0]
