@@ -33,6 +33,7 @@ from llmcompressor.pipelines.cache import IntermediatesCache, IntermediateValue
 from pydantic import PrivateAttr
 
 from exatrack.core import console
+from exatrack.core.basics import ExatrackError
 
 log = logging.getLogger(__name__)
 # Share of the GPU memory left free after loading the model that the cached layer inputs may take:
@@ -158,22 +159,47 @@ def sdpa_for_eager():
         log.info("calibration attention through sdpa: %s", dict(calls))
 
 
+def sample_bytes(model, length: int, path: str) -> int:
+    """What llmcompressor's cache holds for a sample of `length` tokens between decoder layers: the
+    hidden states and the rotary cos/sin in the model's dtype, and on the exact path the eager causal
+    mask (length x length; the fast path's unpadded samples have none, `sdpa_for_eager`)."""
+    config = model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    mask_width = length if path == "exact" else 0
+    return length * (config.hidden_size + mask_width + 2 * head_dim) * model.dtype.itemsize
+
+
 def resident_samples(model, samples: int, seq_len: int, path: str) -> int:
     """How many samples' cached layer inputs stay on the GPU: as many as fit in CACHE_SHARE of what is
     free beside the model, below a memory cap set with torch.cuda.set_per_process_memory_fraction too;
-    0 for a model on the CPU. Each sample caches the hidden states and the rotary cos/sin in the model's
-    dtype, and on the exact path also the eager causal mask (seq x seq); the fast path's unpadded
-    samples have none (`sdpa_for_eager`)."""
+    0 for a model on the CPU."""
     device = next(model.parameters()).device
     if not torch.cuda.is_available() or device.type != "cuda":
         return 0
-    config = model.config
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    mask_width = seq_len if path == "exact" else 0
-    per_sample = seq_len * (config.hidden_size + mask_width + 2 * head_dim) * model.dtype.itemsize
     free, total = torch.cuda.mem_get_info(device)
     capped = torch.cuda.get_per_process_memory_fraction(device) * total - torch.cuda.memory_reserved(device)
-    return min(samples, int(CACHE_SHARE * min(free, capped) // per_sample))
+    return min(samples, int(CACHE_SHARE * min(free, capped) // sample_bytes(model, seq_len, path)))
+
+
+def cpu_bytes(model, lengths: list[int], path: str, resident: int) -> int:
+    """The most the cache will hold in CPU memory: the samples past `resident`, taken as the longest
+    (llmcompressor shuffles them), and one sample more, since a layer's output is stored before the
+    input it replaces is dropped."""
+    longest = sorted(lengths, reverse=True)
+    moved = longest[:len(lengths) - resident]
+    return sum(sample_bytes(model, n, path) for n in moved) + (sample_bytes(model, longest[0], path) if moved else 0)
+
+
+def check_cpu_memory(model, lengths: list[int], path: str, resident: int) -> None:
+    """A cache larger than the memory the system has free ends in the kernel's OOM kill partway through
+    calibration, with no message in the run; refused before it starts instead."""
+    import psutil
+
+    needed, available = cpu_bytes(model, lengths, path, resident), psutil.virtual_memory().available
+    if needed > available:
+        raise ExatrackError(f"calibration's cached layer inputs need {needed / 2**30:.1f} GiB of CPU memory "
+                            f"({len(lengths) - resident} samples of up to {max(lengths)} tokens) and "
+                            f"{available / 2**30:.1f} GiB is free; lower num_samples or max_seq_len")
 
 
 @contextlib.contextmanager

@@ -112,6 +112,8 @@ def compress(source: Path, tokenizer, recipe: dict, out: Path, dataset, values: 
     path = values.get("gptq_path", "exact")  # data-free recipes have no calibration to speed up
     modifiers = gptq.speed_up(Recipe.create_instance(yaml.safe_dump(recipe)).modifiers, path)
     resident = gptq.resident_samples(model, samples, seq_len, path)
+    if dataset is not None:
+        gptq.check_cpu_memory(model, [len(ids) for ids in dataset["input_ids"]], path, resident)
     loaded = time.perf_counter()
     torch.manual_seed(values.get("seed", 0))  # llmcompressor shuffles the calibration samples with it
     with gptq.attention(path), gptq.cached_inputs(model, samples, resident) as (options, cache):

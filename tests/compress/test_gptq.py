@@ -1,6 +1,7 @@
 """exatrack's GPTQ paths: `exact` writes the checkpoint llmcompressor's defaults write, bit for bit;
 `fast` one of the same quality by the proxy, with sdpa attention actually running in calibration."""
 
+import collections
 import contextlib
 
 import pytest
@@ -10,6 +11,7 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from exatrack.compress import calibration, gptq, quantize, recipes
+from exatrack.core.basics import ExatrackError
 
 SHAPE = {"num_samples": 8, "max_seq_len": 64, "seed": 0, "gptq_path": "exact"}
 
@@ -165,6 +167,49 @@ def test_sdpa_skips_only_a_plain_causal_mask_and_the_registries_are_restored_aft
     torch.testing.assert_close(got[real], expected[real])  # (batch, token, head, dim)
     assert eager_mask.dtype == torch.float32 and eager_mask.shape == (2, 1, 16, 16)
     assert "eager" not in ALL_ATTENTION_FUNCTIONS and ALL_MASK_ATTENTION_FUNCTIONS["eager"] is eager_mask_builder
+
+
+@pytest.mark.parametrize("path", ["exact", "fast"])
+def test_the_cpu_memory_counted_for_the_cache_covers_what_llmcompressor_holds_within_one_sample(path, tiny_model,
+                                                                                                tmp_path, monkeypatch):
+    """The count behind `check_cpu_memory`, against llmcompressor's own size of its cache after every
+    store of a real calibration on the CPU (where all of it stays): never under, and over by less than
+    one sample."""
+    from llmcompressor.pipelines.cache import IntermediatesCache
+    from transformers import AutoModelForCausalLM
+
+    sizes = []
+    update = IntermediatesCache.update
+
+    def recorded(self, index, values):
+        update(self, index, values)
+        sizes.append(sum(self.size().values()))
+
+    monkeypatch.setattr(IntermediatesCache, "update", recorded)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    values = recipes.load("w8a8").resolve_params({**SHAPE, "gptq_path": path})
+    data = calibration.tokenized_dataset("sample", tokenizer, SHAPE["num_samples"], SHAPE["max_seq_len"], SHAPE["seed"])
+    quantize.compress(tiny_model, tokenizer, recipes.load("w8a8").render(values), tmp_path, data, values)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    lengths = [len(ids) for ids in data["input_ids"]]
+    counted = gptq.cpu_bytes(model, lengths, path, resident=0)
+    assert len(set(lengths)) > 1 and max(sizes) <= counted < max(sizes) + gptq.sample_bytes(model, max(lengths), path)
+    assert gptq.cpu_bytes(model, lengths, path, resident=len(lengths)) == 0
+
+
+def test_a_cache_the_cpu_memory_cannot_hold_is_refused_before_calibrating(tiny_model, monkeypatch):
+    import llmcompressor
+    import mlflow
+    import psutil
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: collections.namedtuple("Memory", "available")(1024))
+    monkeypatch.setattr(llmcompressor, "oneshot", lambda *a, **k: pytest.fail("calibration started"))
+    with pytest.raises(ExatrackError, match=r"^calibration's cached layer inputs need 0.0 GiB of CPU memory \(8 samples "
+                                            r"of up to 64 tokens\) and 0.0 GiB is free; lower num_samples or max_seq_len$"):
+        quantize.quantize("tiny", "w8a8", {"num_samples": "8", "max_seq_len": "64"})
+    failed = mlflow.search_runs(filter_string="params.recipe = 'w8a8' and params.num_samples = '8'", output_format="list")[0]
+    assert failed.info.status == "FAILED" and not mlflow.MlflowClient().list_artifacts(failed.info.run_id, "checkpoint")
+    assert failed.data.tags["exatrack.error"].startswith("calibration's cached layer inputs need")
 
 
 def test_the_split_cache_keeps_the_first_batches_in_place_and_moves_the_rest():
