@@ -172,29 +172,32 @@ def test_sdpa_skips_only_a_plain_causal_mask_and_the_registries_are_restored_aft
 @pytest.mark.parametrize("path", ["exact", "fast"])
 def test_the_cpu_memory_counted_for_the_cache_covers_what_llmcompressor_holds_within_one_sample(path, tiny_model,
                                                                                                 tmp_path, monkeypatch):
-    """The count behind `check_cpu_memory`, against llmcompressor's own size of its cache after every
-    store of a real calibration on the CPU (where all of it stays): never under, and over by less than
-    one sample."""
+    """The count behind `check_cpu_memory`, against llmcompressor's own size of its cache (on every
+    device) after every store of a real calibration: never under, and over by less than one sample.
+    Counted with all samples moved, for the model as it calibrates (float32 on a CPU, bf16 on a GPU)."""
     from llmcompressor.pipelines.cache import IntermediatesCache
-    from transformers import AutoModelForCausalLM
 
-    sizes = []
-    update = IntermediatesCache.update
+    sizes, counted = [], []
+    update, resident_samples = IntermediatesCache.update, gptq.resident_samples
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    data = calibration.tokenized_dataset("sample", tokenizer, SHAPE["num_samples"], SHAPE["max_seq_len"], SHAPE["seed"])
+    lengths = [len(ids) for ids in data["input_ids"]]
 
     def recorded(self, index, values):
         update(self, index, values)
         sizes.append(sum(self.size().values()))
 
+    def counting(model, samples, seq_len, path):
+        counted.append((gptq.cpu_bytes(model, lengths, path, resident=0), gptq.sample_bytes(model, max(lengths), path),
+                        gptq.cpu_bytes(model, lengths, path, resident=samples)))
+        return resident_samples(model, samples, seq_len, path)
+
     monkeypatch.setattr(IntermediatesCache, "update", recorded)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    monkeypatch.setattr(gptq, "resident_samples", counting)
     values = recipes.load("w8a8").resolve_params({**SHAPE, "gptq_path": path})
-    data = calibration.tokenized_dataset("sample", tokenizer, SHAPE["num_samples"], SHAPE["max_seq_len"], SHAPE["seed"])
     quantize.compress(tiny_model, tokenizer, recipes.load("w8a8").render(values), tmp_path, data, values)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-    lengths = [len(ids) for ids in data["input_ids"]]
-    counted = gptq.cpu_bytes(model, lengths, path, resident=0)
-    assert len(set(lengths)) > 1 and max(sizes) <= counted < max(sizes) + gptq.sample_bytes(model, max(lengths), path)
-    assert gptq.cpu_bytes(model, lengths, path, resident=len(lengths)) == 0
+    [(all_moved, one_sample, none_moved)] = counted
+    assert len(set(lengths)) > 1 and max(sizes) <= all_moved < max(sizes) + one_sample and none_moved == 0
 
 
 def test_a_cache_the_cpu_memory_cannot_hold_is_refused_before_calibrating(tiny_model, monkeypatch):
@@ -203,6 +206,7 @@ def test_a_cache_the_cpu_memory_cannot_hold_is_refused_before_calibrating(tiny_m
     import psutil
 
     monkeypatch.setattr(psutil, "virtual_memory", lambda: collections.namedtuple("Memory", "available")(1024))
+    monkeypatch.setattr(gptq, "resident_samples", lambda *args: 0)  # a GPU box: as if its memory were full
     monkeypatch.setattr(llmcompressor, "oneshot", lambda *a, **k: pytest.fail("calibration started"))
     with pytest.raises(ExatrackError, match=r"^calibration's cached layer inputs need 0.0 GiB of CPU memory \(8 samples "
                                             r"of up to 64 tokens\) and 0.0 GiB is free; lower num_samples or max_seq_len$"):
